@@ -1,0 +1,40 @@
+"""Full-weight differences: `diff` (weight), `diff_b` (bias), and LoRA bias patches (PEFT lora_B.bias)."""
+from __future__ import annotations
+
+from .base import Adapter
+
+
+class DiffAdapter(Adapter):
+    kind = "diff"
+
+    def __init__(self, diff, scale: float = 1.0):
+        self.diff, self.scale = diff, scale
+
+    def natural_shape(self):
+        return tuple(self.diff.shape)
+
+    def tensors(self):
+        return [self.diff]
+
+    def delta(self):
+        return self.diff.float() * self.scale if self.scale != 1.0 else self.diff.float()
+
+    def apply(self, weight, strength):
+        return weight.add_(self.diff.reshape(weight.shape).float(), alpha=strength * self.scale)
+
+
+def read(group: dict, alpha):
+    if "diff" in group:
+        return DiffAdapter(group["diff"])
+    return None
+
+
+def read_bias(group: dict, alpha):
+    """Bias patches target `<module>.bias` instead of `<module>.weight`."""
+    if "diff_b" in group:
+        return DiffAdapter(group["diff_b"])
+    if "up_bias" in group and "down" in group:
+        # PEFT lora_bias: the bias of lora_B is added to the output, scaled like the weight delta.
+        rank = group["down"].shape[0]
+        return DiffAdapter(group["up_bias"], float(alpha) / rank if alpha is not None else 1.0)
+    return None

@@ -1,0 +1,78 @@
+"""LoRA / LoCon (up, down, optional Tucker mid, alpha) and DoRA (kohya dora_scale, PEFT lora_magnitude_vector).
+
+delta = scale * up @ down, scale = alpha / rank (1.0 without alpha), reshaped to the parameter (Linear or Conv).
+DoRA rescales W + delta by magnitude / ||W + delta|| along one axis and is therefore not linear in strength.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter
+
+
+class LoraAdapter(Adapter):
+    kind = "lora"
+
+    def __init__(self, up, down, mid=None, alpha=None, magnitude=None):
+        self.up, self.down, self.mid, self.magnitude = up, down, mid, magnitude
+        rank = down.shape[0]
+        self.scale = float(alpha) / rank if alpha is not None else 1.0
+        self.linear = magnitude is None
+        if magnitude is not None:
+            self.kind = "dora"
+
+    def natural_shape(self):
+        if self.mid is not None:
+            return (self.up.shape[0], self.down.shape[1], *self.mid.shape[2:])
+        return (self.up.shape[0], *self.down.shape[1:])
+
+    def tensors(self):
+        return [t for t in (self.up, self.down, self.mid, self.magnitude) if t is not None]
+
+    @property
+    def flops(self):
+        return 2 * self.down.shape[0] * self.up.shape[0] * self.down[0].numel()
+
+    def delta(self):
+        up = self.up.flatten(1).float()
+        down = self.down.flatten(1).float()
+        if self.mid is None:
+            return (up @ down).mul_(self.scale).reshape(self.natural_shape())
+        mid = self.mid.float()
+        return torch.einsum("oa,abhw,bi->oihw", up, mid, down).mul_(self.scale)
+
+    def apply(self, weight, strength):
+        if self.linear:
+            if self.mid is None and weight.is_contiguous():
+                # addmm_ fuses the rank-r product into the accumulation: one pass over the weight.
+                flat = weight.view(weight.shape[0], -1)
+                flat.addmm_(self.up.flatten(1).float(), self.down.flatten(1).float(), alpha=strength * self.scale)
+                return weight
+            return weight.add_(self.delta().reshape(weight.shape), alpha=strength)
+        return self._apply_dora(weight, strength)
+
+    def _apply_dora(self, weight, strength):
+        changed = weight + self.delta().reshape(weight.shape)
+        magnitude = self.magnitude.float()
+        out_features = weight.shape[0]
+        if magnitude.numel() == out_features and (magnitude.dim() == 1 or magnitude.shape[0] == out_features):
+            # PEFT lora_magnitude_vector (and output-axis dora_scale): one norm per output row.
+            norm = changed.reshape(out_features, -1).norm(dim=1)
+            shape = (out_features,) + (1,) * (weight.dim() - 1)
+            factor = magnitude.reshape(shape) / norm.reshape(shape)
+        else:
+            # kohya/LyCORIS dora_scale of shape (1, in, ...): one norm per input column.
+            in_features = weight.shape[1]
+            norm = changed.transpose(0, 1).reshape(in_features, -1).norm(dim=1)
+            shape = (1, in_features) + (1,) * (weight.dim() - 2)
+            factor = magnitude.reshape(shape) / norm.reshape(shape)
+        changed.mul_(factor)
+        if strength == 1.0:
+            return weight.copy_(changed)
+        return weight.add_(changed.sub_(weight), alpha=strength)
+
+
+def read(group: dict, alpha):
+    if "up" not in group or "down" not in group:
+        return None
+    return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group.get("magnitude"))

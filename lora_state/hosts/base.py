@@ -1,0 +1,57 @@
+"""The host interface, with the plain-PyTorch math as its default."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from ..files import LoraFile
+from ..naming import ResolvedLora, resolve_file
+
+
+class Host:
+    """Subclasses implement parameter access and key resolution; the math defaults to lora_state's adapters."""
+
+    #: A short name used in reports and ledgers.
+    label = "module"
+
+    def parameter(self, key: str) -> torch.Tensor:
+        """The live tensor for ``key``; the manager writes it in place."""
+        raise NotImplementedError
+
+    def has_parameter(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def resolve_prefix(self, prefix: str) -> str | None:
+        """Module key (without ``.weight``) named by a LoRA file's key prefix, or None."""
+        raise NotImplementedError
+
+    def param_shape(self, key: str):
+        return tuple(self.parameter(key).shape) if self.has_parameter(key) else None
+
+    def read(self, lora_file: LoraFile) -> ResolvedLora:
+        return resolve_file(lora_file, self.resolve_prefix, self.param_shape)
+
+    def is_linear(self, patch) -> bool:
+        return bool(patch.linear)
+
+    def patch_flops(self, patch) -> int:
+        return int(patch.flops)
+
+    def strength(self, entry) -> float:
+        """Which of an entry's strengths applies to this host's weights."""
+        return entry.strength_model
+
+    def combine(self, key: str, weight: torch.Tensor, contributions: Iterable[tuple[object, float]]) -> torch.Tensor:
+        """Apply (patch, strength) pairs in order to an fp32 weight; may work in place; returns the result."""
+        for patch, strength in contributions:
+            weight = patch.apply(weight, strength)
+        return weight
+
+    def round(self, key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """fp32 result -> the weight's dtype (round to nearest even, as ComfyUI does for fp16/bf16)."""
+        return value.to(dtype)
+
+    def identity_rounding(self, dtype: torch.dtype) -> bool:
+        """True when round() is the identity for this dtype, so fp32 weights can be updated in place."""
+        return dtype == torch.float32

@@ -1,0 +1,54 @@
+"""Host for any plain torch.nn.Module: LoRA keys resolve against the module's own parameter names."""
+from __future__ import annotations
+
+import torch
+
+from .base import Host
+
+KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_te_", "lora_transformer_", "lycoris_")
+PEFT_PREFIXES = ("base_model.model.", "unet.", "transformer.", "text_encoder_2.", "text_encoder.", "model.")
+
+
+class TorchModuleHost(Host):
+    label = "torch.nn.Module"
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self._modules = None
+        self._by_underscore = None
+
+    def _index(self):
+        if self._modules is None:
+            params = dict(self.module.named_parameters())
+            modules = {key.rsplit(".", 1)[0] for key in params if "." in key}
+            underscore: dict[str, str | None] = {}
+            for path in modules:
+                alias = path.replace(".", "_")
+                # Two paths with the same underscore form (a.b_c vs a_b.c) are ambiguous: match neither.
+                underscore[alias] = None if alias in underscore else path
+            self._params, self._modules, self._by_underscore = params, modules, underscore
+        return self._params
+
+    def parameter(self, key):
+        params = self._index()
+        tensor = params[key]
+        # Re-read through the module so a Parameter replaced by someone else is seen as such.
+        owner, _, leaf = key.rpartition(".")
+        return getattr(self.module.get_submodule(owner), leaf) if owner else getattr(self.module, leaf, tensor)
+
+    def has_parameter(self, key):
+        return key in self._index()
+
+    def resolve_prefix(self, prefix):
+        self._index()
+        for kohya in KOHYA_PREFIXES:
+            if prefix.startswith(kohya):
+                return self._by_underscore.get(prefix[len(kohya):])
+        candidate = prefix
+        while True:
+            if candidate in self._modules:
+                return candidate
+            stripped = next((candidate[len(p):] for p in PEFT_PREFIXES if candidate.startswith(p)), None)
+            if stripped is None:
+                return None
+            candidate = stripped

@@ -1,0 +1,84 @@
+"""The ledger: what is applied to one managed module, key by key.
+
+It is only ever replaced whole at the end of a successful reconcile/reset, so after any failure it still
+describes the weights exactly (see applier.py for how the weights are rolled back to match it).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """One requested LoRA: a file path, its strengths, and an optional display name."""
+
+    path: str
+    strength_model: float = 1.0
+    strength_clip: float = 1.0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class AppliedLora:
+    sha256: str
+    name: str
+    path: str
+    strength_model: float
+    strength_clip: float
+    strength: float  # the one of the two this module's host uses
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One LoRA's patch on one key, at the strength the host uses."""
+
+    sha256: str
+    strength: float
+
+
+@dataclass
+class KeyState:
+    contributors: tuple[Contribution, ...]
+    drift_ulps: float = 0.0          # upper bound of the distance to the exact result, in units of the dtype's ulp
+    fingerprint: tuple = ()          # (id, data_ptr, _version) of the tensor after our last write
+
+
+def fingerprint(tensor: torch.Tensor) -> tuple:
+    return (id(tensor), tensor.data_ptr(), tensor._version)
+
+
+@dataclass
+class Ledger:
+    stack: tuple[AppliedLora, ...] = ()
+    keys: dict[str, KeyState] = field(default_factory=dict)
+    status: str = "clean"            # clean | applied
+    last_error: str = ""             # set when the last operation failed and was rolled back
+    mode: str = "auto"
+    last_change: dict = field(default_factory=dict)
+    changed_at: float = 0.0
+
+    def with_changes(self, **changes) -> "Ledger":
+        return replace(self, changed_at=time.time(), **changes)
+
+    def as_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "mode": self.mode,
+            "stack": [{"name": a.name, "path": a.path, "sha256": a.sha256, "strength": a.strength,
+                       "strength_model": a.strength_model, "strength_clip": a.strength_clip} for a in self.stack],
+            "keys_touched": sum(1 for k in self.keys.values() if k.contributors),
+            "keys_by_lora": {a.sha256: sum(1 for k in self.keys.values()
+                                           if any(c.sha256 == a.sha256 for c in k.contributors))
+                             for a in self.stack},
+            "max_drift_ulps": max((k.drift_ulps for k in self.keys.values()), default=0.0),
+            "last_change": self.last_change,
+            "last_error": self.last_error,
+            "changed_at": self.changed_at,
+        }

@@ -1,0 +1,414 @@
+"""LoraStateManager: keep one module's weights equal to exactly the requested LoRA stack.
+
+    manager = LoraStateManager(module, mode="auto")
+    report = manager.reconcile([("a.safetensors", 0.8), ("b.safetensors", 1.0)])
+    manager.applied; manager.verify(); manager.reset()
+
+reconcile() reads the files (cached by content), plans the per-key difference against the ledger, checks that
+nothing changed the managed weights behind its back, and applies the plan all-or-nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from .applier import apply_plan, exact_value
+from .backups import BackupStore
+from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError
+from .files import LoraFileCache, finite_strength
+from .hosts import Host, TorchModuleHost
+from .ledger import AppliedLora, Contribution, KeyState, Ledger, StackEntry, fingerprint
+from .naming import ResolvedLora
+from .planner import MODES, KeyPlan, Plan, make_plan
+
+log = logging.getLogger("lora_state")
+
+#: Shared by every manager in the process unless one is given: a file is parsed once per content.
+DEFAULT_FILE_CACHE = LoraFileCache()
+
+
+@dataclass
+class ReconcileReport:
+    mode: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    reweighted: list[tuple[str, float, float]] = field(default_factory=list)
+    reordered: bool = False
+    paths: dict[str, int] = field(default_factory=dict)   # keys per path: exact/delta/restore/relabel
+    keys_changed: int = 0
+    bytes_written: int = 0
+    backup_bytes: int = 0
+    max_drift_ulps: float = 0.0
+    seconds: float = 0.0
+    coverage: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def noop(self) -> bool:
+        return self.keys_changed == 0 and not self.paths
+
+    def summary(self) -> str:
+        if self.noop and not (self.added or self.removed or self.reweighted or self.reordered):
+            return f"[{self.mode}] unchanged: nothing to do ({self.seconds * 1000:.2f} ms)"
+        parts = []
+        if self.added:
+            parts.append("added " + ", ".join(self.added))
+        if self.removed:
+            parts.append("removed " + ", ".join(self.removed))
+        if self.reweighted:
+            parts.append("re-weighted " + ", ".join(f"{n} {a:g}->{b:g}" for n, a, b in self.reweighted))
+        if self.reordered:
+            parts.append("reordered")
+        paths = ", ".join(f"{n} {p}" for p, n in sorted(self.paths.items()))
+        return (f"[{self.mode}] {'; '.join(parts) or 'no stack change'}: {self.keys_changed} keys written "
+                f"({paths or 'none'}), {self.bytes_written / 2**20:.1f} MiB, backups {self.backup_bytes / 2**20:.1f} "
+                f"MiB, max drift {self.max_drift_ulps:g} ulp, {self.seconds:.3f} s")
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "added": self.added, "removed": self.removed,
+                "reweighted": [list(r) for r in self.reweighted], "reordered": self.reordered, "paths": self.paths,
+                "keys_changed": self.keys_changed, "bytes_written": self.bytes_written,
+                "backup_bytes": self.backup_bytes, "max_drift_ulps": self.max_drift_ulps, "seconds": self.seconds,
+                "coverage": self.coverage, "summary": self.summary()}
+
+
+@dataclass
+class KeyDeviation:
+    key: str
+    max_abs: float | None       # None where no clean copy exists to recompute the expected value
+    max_ulps: float | None
+    drift_bound_ulps: float
+    external_change: bool
+
+
+@dataclass
+class VerifyReport:
+    keys: list[KeyDeviation]
+
+    @property
+    def external_changes(self) -> list[str]:
+        return [k.key for k in self.keys if k.external_change]
+
+    @property
+    def max_ulps(self) -> float:
+        return max((k.max_ulps for k in self.keys if k.max_ulps is not None), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return not self.external_changes and all(
+            k.max_ulps is None or k.max_ulps <= k.drift_bound_ulps for k in self.keys)
+
+    def summary(self) -> str:
+        checked = sum(1 for k in self.keys if k.max_ulps is not None)
+        text = f"verified {checked}/{len(self.keys)} keys against clean + stack: max deviation {self.max_ulps:g} ulp"
+        if self.external_changes:
+            text += f"; {len(self.external_changes)} changed by something else (first: {self.external_changes[0]})"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "max_ulps": self.max_ulps, "external_changes": self.external_changes,
+                "keys": [vars(k) for k in self.keys], "summary": self.summary()}
+
+
+StackLike = Iterable[object]
+
+
+def normalize_stack(stack: StackLike | None) -> list[StackEntry]:
+    """Accept StackEntry, (path, strength), (path, model, clip) tuples or dicts {path, strength_model, ...}."""
+    entries = []
+    for index, item in enumerate(stack or ()):
+        where = f"stack entry {index}"
+        if isinstance(item, StackEntry):
+            path, model, clip, name = item.path, item.strength_model, item.strength_clip, item.name
+        elif isinstance(item, dict):
+            path = item.get("path")
+            model = item.get("strength_model", item.get("strength", 1.0))
+            clip = item.get("strength_clip", model)
+            name = item.get("name", "")
+        elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+            path, model = item[0], item[1]
+            clip = item[2] if len(item) == 3 else model
+            name = ""
+        else:
+            raise StackError(f"{where}: expected (path, strength) or (path, strength_model, strength_clip), "
+                             f"got {item!r}")
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise StackError(f"{where}: the LoRA path must be a non-empty string, got {path!r}")
+        try:
+            model = finite_strength(model, f"{where} ({os.fspath(path)}): strength_model")
+            clip = finite_strength(clip, f"{where} ({os.fspath(path)}): strength_clip")
+        except ValueError as exc:
+            raise StackError(f"{exc}. Use a finite number such as 1.0; nothing was changed.") from None
+        entries.append(StackEntry(os.fspath(path), model, clip, name))
+    return entries
+
+
+def _ulp(reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Spacing of `dtype` at each element of reference (fp32): 2**(exponent - mantissa bits)."""
+    info = torch.finfo(dtype)
+    mantissa_bits = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}.get(dtype, 23)
+    magnitude = reference.abs().clamp_min(info.tiny)
+    return torch.exp2(torch.floor(torch.log2(magnitude)) - mantissa_bits)
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| in units of the dtype's ulp at the larger of the two values."""
+    if a.numel() == 0:
+        return 0.0
+    a32, b32 = a.float(), b.float()
+    spacing = _ulp(torch.maximum(a32.abs(), b32.abs()), a.dtype)
+    return float(((a32 - b32).abs() / spacing).max())
+
+
+class LoraStateManager:
+    """Reconciles one module's weights to a requested LoRA stack. Thread-safe; one operation at a time."""
+
+    def __init__(self, module: torch.nn.Module | Host, mode: str = "auto", *, backup: str = "device",
+                 backup_budget_bytes: int | None = None, spill_dir: str | None = None,
+                 drift_budget_ulps: float = 1.0, file_cache: LoraFileCache | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.host = module if isinstance(module, Host) else TorchModuleHost(module)
+        self.mode = mode
+        self.drift_budget_ulps = float(drift_budget_ulps)
+        self.backups = BackupStore(backup, backup_budget_bytes, spill_dir)
+        self.file_cache = file_cache or DEFAULT_FILE_CACHE
+        self.ledger = Ledger(mode=mode)
+        self.lock = threading.RLock()
+        self._resolved: dict[str, ResolvedLora] = {}     # by sha256: applied + last requested LoRAs
+        self._request_signature: tuple | None = None
+        self.listeners: list[Callable[["LoraStateManager", dict], None]] = []
+
+    # -- what is applied ------------------------------------------------------------------------------------
+    @property
+    def applied(self) -> tuple[AppliedLora, ...]:
+        return self.ledger.stack
+
+    @property
+    def backup_bytes(self) -> int:
+        return self.backups.nbytes
+
+    def status(self) -> dict:
+        return self.ledger.as_dict() | {"backup_bytes": self.backups.nbytes, "backup_location": self.backups.location,
+                                        "host": self.host.label}
+
+    # -- reconcile ------------------------------------------------------------------------------------------
+    def reconcile(self, stack: StackLike | None, mode: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+        started = time.perf_counter()
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        entries = normalize_stack(stack)
+        with self.lock:
+            resolved = [self._resolve(entry) for entry in entries]
+            requested_stack = tuple(
+                AppliedLora(r.sha256, e.label, e.path, e.strength_model, e.strength_clip, self.host.strength(e))
+                for e, r in zip(entries, resolved))
+            signature = tuple((a.sha256, a.strength) for a in requested_stack)
+            self._check_external_changes()
+            report = self._diff_report(mode, requested_stack, resolved)
+            if signature == self._request_signature and mode == self.ledger.mode:
+                self.ledger = self.ledger.with_changes(stack=requested_stack) if requested_stack != self.applied \
+                    else self.ledger
+                report.seconds = time.perf_counter() - started
+                return report
+            requested = self._contributions(requested_stack, resolved)
+            plan = self._plan(mode, requested)
+            stats = self._apply(plan, progress)
+            self._commit(plan, requested_stack, mode, signature)
+            report.paths = plan.count()
+            report.keys_changed = stats.keys_written
+            report.bytes_written = stats.bytes_written
+            report.backup_bytes = self.backups.nbytes
+            report.max_drift_ulps = max((k.drift_ulps for k in self.ledger.keys.values()), default=0.0)
+            report.seconds = time.perf_counter() - started
+            self.ledger.last_change = report.as_dict() | {"at": time.time()}
+            if report.keys_changed or report.added or report.removed or report.reweighted:
+                log.info("LoRA State %s: %s", self.host.label, report.summary())
+            self._notify("reconcile", report.as_dict())
+            return report
+
+    def _resolve(self, entry: StackEntry) -> ResolvedLora:
+        lora_file = self.file_cache.load(entry.path)
+        resolved = self._resolved.get(lora_file.sha256)
+        if resolved is None:
+            resolved = self.host.read(lora_file)
+            if resolved.coverage.shape_mismatched:
+                first = resolved.coverage.shape_mismatched[0]
+                raise LoraShapeError(
+                    f"{entry.path}: {len(resolved.coverage.shape_mismatched)} keys do not fit this model "
+                    f"(first: {first}). The LoRA was probably made for another base model (e.g. SDXL vs SD1.5); "
+                    f"remove it from the stack. Nothing was changed.")
+            self._resolved[lora_file.sha256] = resolved
+        return resolved
+
+    def _contributions(self, stack, resolved) -> dict[str, tuple[Contribution, ...]]:
+        per_key: dict[str, list[Contribution]] = {}
+        for applied, lora in zip(stack, resolved):
+            if applied.strength == 0.0:
+                continue     # a zero strength contributes nothing (as ComfyUI's LoraLoader)
+            contribution = Contribution(applied.sha256, applied.strength)
+            for key in lora.patches:
+                per_key.setdefault(key, []).append(contribution)
+        return {key: tuple(c) for key, c in per_key.items()}
+
+    def _plan(self, mode: str, requested) -> Plan:
+        reserved = {"bytes": 0}
+
+        def can_backup(key: str) -> bool:
+            nbytes = self._nbytes(key)
+            if self.backups.fits(reserved["bytes"] + nbytes):
+                reserved["bytes"] += nbytes
+                return True
+            return False
+
+        def is_linear(sha: str, key: str) -> bool:
+            return self.host.is_linear(self._patch_of(sha, key))
+
+        def cost(sha: str, key: str) -> float:
+            return self.host.patch_flops(self._patch_of(sha, key))
+
+        plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
+                         can_backup=can_backup, cost=cost, drift_budget_ulps=self.drift_budget_ulps)
+        needed = sum(self._nbytes(k.key) for k in plan.keys if k.needs_backup)
+        if needed and not self.backups.fits(needed):
+            budget = self.backups.budget_bytes
+            raise LoraStateError(
+                f"this stack needs {needed} more bytes of clean backups but the budget is {budget} bytes "
+                f"({self.backups.nbytes} in use). Raise backup_budget_bytes, use backup='disk', or mode='delta' "
+                f"(no backups). Nothing was changed.")
+        return plan
+
+    def _apply(self, plan: Plan, progress):
+        try:
+            return apply_plan(self.host, plan, self.backups, self._patch_of, progress)
+        except BaseException as exc:
+            # apply_plan has already put every written key back: the ledger still describes the weights.
+            message = f"{type(exc).__name__}: {exc}".strip(": ")
+            self.ledger = self.ledger.with_changes(last_error=f"rolled back after {message}")
+            exc.add_note("LoRA State rolled the weights back to the previously applied stack; nothing was lost.")
+            log.warning("LoRA State %s: rolled back after %s", self.host.label, message)
+            self._notify("rolled_back", {"error": message})
+            raise
+
+    def _nbytes(self, key: str) -> int:
+        tensor = self.host.parameter(key)
+        return tensor.numel() * tensor.element_size()
+
+    def _patch_of(self, sha: str, key: str):
+        return self._resolved[sha].patches[key]
+
+    def _commit(self, plan: Plan, stack: tuple[AppliedLora, ...], mode: str, signature: tuple) -> None:
+        keys = dict(self.ledger.keys)
+        for key_plan in plan.keys:
+            live = self.host.parameter(key_plan.key)
+            if not key_plan.new and key_plan.drift_ulps == 0.0:
+                keys.pop(key_plan.key, None)
+                self.backups.drop(key_plan.key)   # back up only what an applied LoRA touches
+            else:
+                keys[key_plan.key] = KeyState(key_plan.new, key_plan.drift_ulps, fingerprint(live))
+        self.ledger = self.ledger.with_changes(stack=stack, keys=keys, mode=mode, last_error="",
+                                               status="applied" if stack else "clean")
+        self._request_signature = signature
+        live_shas = {a.sha256 for a in stack} | {c.sha256 for s in keys.values() for c in s.contributors}
+        self._resolved = {sha: r for sha, r in self._resolved.items() if sha in live_shas}
+
+    def _diff_report(self, mode, requested: tuple[AppliedLora, ...], resolved) -> ReconcileReport:
+        report = ReconcileReport(mode=mode)
+        old, new = Counter(a.sha256 for a in self.applied), Counter(a.sha256 for a in requested)
+        names = {a.sha256: a.name for a in self.applied + requested}
+        report.added = [names[s] for s in new if s not in old]
+        report.removed = [names[s] for s in old if s not in new]
+        old_strengths = {a.sha256: a.strength for a in self.applied}
+        report.reweighted = [(a.name, old_strengths[a.sha256], a.strength) for a in requested
+                             if a.sha256 in old_strengths and old_strengths[a.sha256] != a.strength]
+        common_old = [a.sha256 for a in self.applied if a.sha256 in new]
+        common_new = [a.sha256 for a in requested if a.sha256 in old]
+        report.reordered = common_old != common_new
+        report.coverage = {r.name: r.coverage.as_dict() for r in resolved}
+        return report
+
+    # -- external changes -----------------------------------------------------------------------------------
+    def _changed_keys(self) -> list[str]:
+        return [key for key, state in self.ledger.keys.items()
+                if state.fingerprint and fingerprint(self.host.parameter(key)) != state.fingerprint]
+
+    def _check_external_changes(self) -> None:
+        changed = self._changed_keys()
+        if changed:
+            raise ExternalChangeError(
+                f"{len(changed)} weights managed by LoRA State were changed by something else since the last "
+                f"reconcile (first: {changed[0]}). Call reset() to restore them from the clean copies, then "
+                f"reconcile again. Nothing was changed.")
+
+    # -- reset ----------------------------------------------------------------------------------------------
+    def reset(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+        """Bring every managed weight back to clean and empty the ledger (also after external changes)."""
+        with self.lock:
+            started = time.perf_counter()
+            report = self._diff_report("reset", (), [])
+            plan = Plan()
+            for key, state in self.ledger.keys.items():
+                if not state.contributors and self.backups.drift(key) is None:
+                    continue   # left with drift by delta work, nothing applied: nothing to undo
+                if self.backups.drift(key) is not None:
+                    path, terms, drift = "restore", (), self.backups.drift(key)
+                else:   # delta mode: no clean copy, subtract what is applied (drift stays bounded, reported)
+                    path = "delta"
+                    terms = tuple((c.sha256, -c.strength) for c in state.contributors)
+                    drift = state.drift_ulps + 1.0
+                plan.keys.append(KeyPlan(key=key, path=path, old=state.contributors, new=(), delta_terms=terms,
+                                         drift_ulps=drift if terms or path == "restore" else state.drift_ulps,
+                                         reproducible=False))
+            stats = self._apply(plan, progress)
+            residual = {k.key: KeyState((), k.drift_ulps, fingerprint(self.host.parameter(k.key)))
+                        for k in plan.keys if k.drift_ulps > 0.0}
+            self.backups.clear()
+            self.ledger = self.ledger.with_changes(stack=(), keys=residual, status="clean", last_error="")
+            self._request_signature = ()
+            self._resolved = {}
+            report.paths = plan.count()
+            report.keys_changed = stats.keys_written
+            report.bytes_written = stats.bytes_written
+            report.max_drift_ulps = max((k.drift_ulps for k in residual.values()), default=0.0)
+            report.seconds = time.perf_counter() - started
+            self.ledger.last_change = report.as_dict() | {"at": time.time()}
+            log.info("LoRA State %s: reset, %d keys restored", self.host.label, stats.keys_written)
+            self._notify("reset", report.as_dict())
+            return report
+
+    # -- verify ---------------------------------------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        """Per key: deviation of the live weights from clean + applied stack, and changes made by others."""
+        with self.lock:
+            changed = set(self._changed_keys())
+            keys = []
+            with torch.no_grad():
+                for key, state in self.ledger.keys.items():
+                    live = self.host.parameter(key)
+                    if self.backups.drift(key) is None:
+                        keys.append(KeyDeviation(key, None, None, state.drift_ulps, key in changed))
+                        continue
+                    clean = self.backups.get(key, live.device)
+                    contributions = [(self._patch_of(c.sha256, key), c.strength) for c in state.contributors]
+                    expected = exact_value(self.host, key, clean, contributions)
+                    max_abs = float((live.float() - expected.float()).abs().max()) if live.numel() else 0.0
+                    ulps = ulp_distance(live.detach(), expected)
+                    external = key in changed or ulps > state.drift_ulps
+                    keys.append(KeyDeviation(key, max_abs, ulps, state.drift_ulps, external))
+            return VerifyReport(keys)
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def _notify(self, event: str, data: dict) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self, {"event": event} | data)
+            except Exception:  # a broken UI listener must never break weight management
+                log.exception("LoRA State listener failed")

@@ -1,0 +1,113 @@
+"""The planner: compare what is applied with what is requested and decide, key by key, what to do.
+
+Paths a key can take:
+- ``skip``     contributors unchanged: nothing is read or written;
+- ``restore``  no contributor left and a clean backup exists: copy it back (bit-exact);
+- ``exact``    recompute from the clean backup with all new contributors, fp32 math, one rounding;
+- ``delta``    add sum((new - old) strength * delta) of the changed linear contributors to the current weight;
+- ``relabel``  only the order of linear contributors changed: the sum is the same, no weight work.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .ledger import Contribution, KeyState
+
+MODES = ("exact", "delta", "auto")
+
+
+@dataclass
+class KeyPlan:
+    key: str
+    path: str
+    old: tuple[Contribution, ...]
+    new: tuple[Contribution, ...]
+    delta_terms: tuple[tuple[str, float], ...] = ()   # (sha256, strength change) for the delta path
+    drift_ulps: float = 0.0                            # drift bound after this step
+    needs_backup: bool = False                         # a clean copy must be taken before the first write
+    unwind: bool = False                               # no clean copy: recover it by subtracting old (delta)
+    reproducible: bool = False                         # old bits == exact(old): rollback can recompute them
+
+
+@dataclass
+class Plan:
+    keys: list[KeyPlan] = field(default_factory=list)
+
+    @property
+    def work(self) -> list[KeyPlan]:
+        return [k for k in self.keys if k.path != "relabel"]
+
+    def count(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for key_plan in self.keys:
+            counts[key_plan.path] += 1
+        return dict(counts)
+
+
+def net_terms(old: tuple[Contribution, ...], new: tuple[Contribution, ...]) -> tuple[tuple[str, float], ...]:
+    """Strength change per LoRA on one key, in first-seen order; zero changes dropped."""
+    net: dict[str, float] = {}
+    for contribution in new:
+        net[contribution.sha256] = net.get(contribution.sha256, 0.0) + contribution.strength
+    for contribution in old:
+        net[contribution.sha256] = net.get(contribution.sha256, 0.0) - contribution.strength
+    return tuple((sha, change) for sha, change in net.items() if change != 0.0)
+
+
+def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribution, ...]], mode: str, *,
+              is_linear: Callable[[str, str], bool], backup_drift: Callable[[str], float | None],
+              can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
+              drift_budget_ulps: float) -> Plan:
+    """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0 if clean)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    plan = Plan()
+    for key in list(current) + [k for k in requested if k not in current]:
+        state = current.get(key)
+        old = state.contributors if state else ()
+        drift = state.drift_ulps if state else 0.0
+        new = requested.get(key, ())
+        if old == new:
+            continue
+        base_drift = backup_drift(key)
+        backed = base_drift is not None
+        at_clean = not old and drift == 0.0
+        linear = all(is_linear(c.sha256, key) for c in old + new)
+        terms = net_terms(old, new)
+        path = _choose(mode, key, new, terms, linear, backed, at_clean, drift, can_backup, cost, drift_budget_ulps)
+        unwind = path == "exact" and not backed and not at_clean
+        if path == "delta":
+            new_drift = drift + 1.0
+        elif path == "relabel":
+            # Same real sum, another fp32 summation order: count it like one rounding step.
+            new_drift = drift + 1.0
+        elif unwind:
+            new_drift = drift + 1.0     # the clean copy is itself recovered by a delta step
+        else:
+            new_drift = base_drift or 0.0
+        plan.keys.append(KeyPlan(
+            key=key, path=path, old=old, new=new, delta_terms=terms if path == "delta" else (),
+            drift_ulps=new_drift, needs_backup=path == "exact" and not backed, unwind=unwind,
+            reproducible=drift == 0.0 and (backed or (path == "exact" and at_clean))))
+    return plan
+
+
+def _choose(mode, key, new, terms, linear, backed, at_clean, drift, can_backup, cost, budget) -> str:
+    if linear and not terms and mode != "exact":
+        return "relabel"
+    if not new and backed:
+        return "restore"
+    if not linear or mode == "exact":
+        return "exact"      # DoRA and other non-linear adapters: only exact is correct, even in delta mode
+    if mode == "delta":
+        return "delta"
+    # auto: delta where it is cheaper and the drift budget allows it, exact (from a clean backup) otherwise.
+    if not backed and (not at_clean or not can_backup(key)):
+        return "delta"
+    exact_cost = sum(cost(c.sha256, key) for c in new)
+    delta_cost = sum(cost(sha, key) for sha, _ in terms)
+    if backed and delta_cost < exact_cost and drift + 1.0 <= budget:
+        return "delta"
+    return "exact"
