@@ -7,8 +7,9 @@ recomputed from its clean backup when its old bits are reproducible, else from a
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -25,35 +26,69 @@ class ApplyStats:
     keys_written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    drift: dict = field(default_factory=dict)   # key -> (drift bound, ulp at the key's largest magnitude)
+
+
+_MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
+
+
+def ulp_at_max(tensor: torch.Tensor) -> float:
+    """One ulp of the tensor's dtype at its largest magnitude (fp8 and others: their own eps)."""
+    if tensor.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(tensor.detach())
+    magnitude = max(abs(float(low)), abs(float(high)), torch.finfo(tensor.dtype).tiny)
+    bits = _MANTISSA_BITS.get(tensor.dtype)
+    if bits is None:
+        return torch.finfo(tensor.dtype).eps * magnitude
+    return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
 
 
 def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                progress: Callable[[int, int], None] | None = None) -> ApplyStats:
     started = time.perf_counter()
-    work = plan.work
+    total = len(plan.work)
     done: list[tuple[KeyPlan, torch.Tensor | None, bool]] = []
     stats = ApplyStats()
     with torch.no_grad():
         try:
-            for index, key_plan in enumerate(work):
+            for key_plan in plan.keys:
                 live = host.parameter(key_plan.key)
+                if key_plan.path == "relabel":
+                    stats.drift[key_plan.key] = _drift_after(key_plan, live)
+                    continue
                 undo = None if key_plan.reproducible else live.detach().clone()
                 took_backup = False
                 if key_plan.needs_backup:
-                    clean = _unwound(host, key_plan, live, patch_of) if key_plan.unwind else live
-                    backups.put(key_plan.key, clean, drift=key_plan.drift_ulps if key_plan.unwind else 0.0)
+                    if key_plan.unwind:
+                        clean = _unwound(host, key_plan, live, patch_of)
+                        backups.put(key_plan.key, clean, drift=_drift_after(key_plan, clean)[0])
+                    else:
+                        backups.put(key_plan.key, live)
                     took_backup = True
                 done.append((key_plan, undo, took_backup))   # before the write: a half-written key is undone too
                 write_key(host, key_plan, live, backups, patch_of)
+                stats.drift[key_plan.key] = _drift_after(key_plan, live, backups.drift(key_plan.key))
                 stats.keys_written += 1
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
-                    progress(index + 1, len(work))
+                    progress(stats.keys_written, total)
         except BaseException:
             _rollback(host, done, backups, patch_of)
             raise
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _drift_after(key_plan: KeyPlan, tensor: torch.Tensor, backup_drift: float | None = None) -> tuple:
+    """(drift bound, ulp) after this step. A rounding step adds one ulp at the result's largest magnitude."""
+    if key_plan.path in ("exact", "restore") and not key_plan.unwind:
+        base = backup_drift or 0.0
+        return (base, ulp_at_max(tensor)) if base else (0.0, 0.0)
+    if key_plan.path == "exact":      # after an unwind the key is as far off as its recovered clean copy
+        return (backup_drift or 0.0, ulp_at_max(tensor))
+    unit = ulp_at_max(tensor)
+    return (key_plan.base_drift + unit, unit)
 
 
 def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore, patch_of: PatchOf) -> None:

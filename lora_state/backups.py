@@ -36,7 +36,7 @@ class BackupStore:
         return self.budget_bytes is None or self.nbytes + extra_bytes <= self.budget_bytes
 
     def drift(self, key: str) -> float | None:
-        """None without a backup; else how far (ulps) the copy may be from the true clean weight."""
+        """None without a backup; else how far (absolute) the copy may be from the true clean weight."""
         return self._drift.get(key) if key in self._entries else None
 
     def put(self, key: str, tensor: torch.Tensor, drift: float = 0.0) -> None:

@@ -46,8 +46,13 @@ class Contribution:
 @dataclass
 class KeyState:
     contributors: tuple[Contribution, ...]
-    drift_ulps: float = 0.0          # upper bound of the distance to the exact result, in units of the dtype's ulp
+    drift: float = 0.0               # bound of max |weight - exact result| (absolute), grown by each delta step
+    ulp: float = 0.0                 # one ulp of the dtype at the key's largest magnitude: drift's reporting unit
     fingerprint: tuple = ()          # (id, data_ptr, _version) of the tensor after our last write
+
+    @property
+    def drift_ulps(self) -> float:
+        return self.drift / self.ulp if self.ulp else 0.0
 
 
 def fingerprint(tensor: torch.Tensor) -> tuple:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .applier import apply_plan, exact_value
+from .applier import apply_plan, exact_value, ulp_at_max
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError
 from .files import LoraFileCache, finite_strength
@@ -101,8 +101,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.external_changes and all(
-            k.max_ulps is None or k.max_ulps <= k.drift_bound_ulps for k in self.keys)
+        """No key was changed by someone else and every checked key is within its drift bound."""
+        return not self.external_changes
 
     def summary(self) -> str:
         checked = sum(1 for k in self.keys if k.max_ulps is not None)
@@ -149,21 +149,12 @@ def normalize_stack(stack: StackLike | None) -> list[StackEntry]:
     return entries
 
 
-def _ulp(reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Spacing of `dtype` at each element of reference (fp32): 2**(exponent - mantissa bits)."""
-    info = torch.finfo(dtype)
-    mantissa_bits = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}.get(dtype, 23)
-    magnitude = reference.abs().clamp_min(info.tiny)
-    return torch.exp2(torch.floor(torch.log2(magnitude)) - mantissa_bits)
-
-
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max |a - b| in units of the dtype's ulp at the larger of the two values."""
+    """max |a - b| in ulps of b's dtype at b's largest magnitude: the unit drift is reported in."""
     if a.numel() == 0:
         return 0.0
-    a32, b32 = a.float(), b.float()
-    spacing = _ulp(torch.maximum(a32.abs(), b32.abs()), a.dtype)
-    return float(((a32 - b32).abs() / spacing).max())
+    unit = ulp_at_max(b)
+    return float((a.float() - b.float()).abs().max()) / unit if unit else 0.0
 
 
 class LoraStateManager:
@@ -222,7 +213,7 @@ class LoraStateManager:
             requested = self._contributions(requested_stack, resolved)
             plan = self._plan(mode, requested)
             stats = self._apply(plan, progress)
-            self._commit(plan, requested_stack, mode, signature)
+            self._commit(plan, stats.drift, requested_stack, mode, signature)
             report.paths = plan.count()
             report.keys_changed = stats.keys_written
             report.bytes_written = stats.bytes_written
@@ -290,9 +281,12 @@ class LoraStateManager:
         try:
             return apply_plan(self.host, plan, self.backups, self._patch_of, progress)
         except BaseException as exc:
-            # apply_plan has already put every written key back: the ledger still describes the weights.
+            # apply_plan has already put every written key back: the ledger still describes the weights, only
+            # the fingerprints must follow the rollback's own writes.
             message = f"{type(exc).__name__}: {exc}".strip(": ")
-            self.ledger = self.ledger.with_changes(last_error=f"rolled back after {message}")
+            keys = {key: KeyState(s.contributors, s.drift, s.ulp, fingerprint(self.host.parameter(key)))
+                    for key, s in self.ledger.keys.items()}
+            self.ledger = self.ledger.with_changes(keys=keys, last_error=f"rolled back after {message}")
             exc.add_note("LoRA State rolled the weights back to the previously applied stack; nothing was lost.")
             log.warning("LoRA State %s: rolled back after %s", self.host.label, message)
             self._notify("rolled_back", {"error": message})
@@ -305,15 +299,16 @@ class LoraStateManager:
     def _patch_of(self, sha: str, key: str):
         return self._resolved[sha].patches[key]
 
-    def _commit(self, plan: Plan, stack: tuple[AppliedLora, ...], mode: str, signature: tuple) -> None:
+    def _commit(self, plan: Plan, drift: dict, stack: tuple[AppliedLora, ...], mode: str, signature: tuple) -> None:
         keys = dict(self.ledger.keys)
         for key_plan in plan.keys:
             live = self.host.parameter(key_plan.key)
-            if not key_plan.new and key_plan.drift_ulps == 0.0:
+            bound, unit = drift[key_plan.key]
+            if not key_plan.new and bound == 0.0:
                 keys.pop(key_plan.key, None)
                 self.backups.drop(key_plan.key)   # back up only what an applied LoRA touches
             else:
-                keys[key_plan.key] = KeyState(key_plan.new, key_plan.drift_ulps, fingerprint(live))
+                keys[key_plan.key] = KeyState(key_plan.new, bound, unit, fingerprint(live))
         self.ledger = self.ledger.with_changes(stack=stack, keys=keys, mode=mode, last_error="",
                                                status="applied" if stack else "clean")
         self._request_signature = signature
@@ -359,17 +354,15 @@ class LoraStateManager:
                 if not state.contributors and self.backups.drift(key) is None:
                     continue   # left with drift by delta work, nothing applied: nothing to undo
                 if self.backups.drift(key) is not None:
-                    path, terms, drift = "restore", (), self.backups.drift(key)
+                    key_plan = KeyPlan(key=key, path="restore", old=state.contributors, new=())
                 else:   # delta mode: no clean copy, subtract what is applied (drift stays bounded, reported)
-                    path = "delta"
-                    terms = tuple((c.sha256, -c.strength) for c in state.contributors)
-                    drift = state.drift_ulps + 1.0
-                plan.keys.append(KeyPlan(key=key, path=path, old=state.contributors, new=(), delta_terms=terms,
-                                         drift_ulps=drift if terms or path == "restore" else state.drift_ulps,
-                                         reproducible=False))
+                    key_plan = KeyPlan(key=key, path="delta", old=state.contributors, new=(), adds_drift=True,
+                                       delta_terms=tuple((c.sha256, -c.strength) for c in state.contributors),
+                                       base_drift=state.drift)
+                plan.keys.append(key_plan)
             stats = self._apply(plan, progress)
-            residual = {k.key: KeyState((), k.drift_ulps, fingerprint(self.host.parameter(k.key)))
-                        for k in plan.keys if k.drift_ulps > 0.0}
+            residual = {key: KeyState((), bound, unit, fingerprint(self.host.parameter(key)))
+                        for key, (bound, unit) in stats.drift.items() if bound > 0.0}
             self.backups.clear()
             self.ledger = self.ledger.with_changes(stack=(), keys=residual, status="clean", last_error="")
             self._request_signature = ()
@@ -400,9 +393,10 @@ class LoraStateManager:
                     contributions = [(self._patch_of(c.sha256, key), c.strength) for c in state.contributors]
                     expected = exact_value(self.host, key, clean, contributions)
                     max_abs = float((live.float() - expected.float()).abs().max()) if live.numel() else 0.0
-                    ulps = ulp_distance(live.detach(), expected)
-                    external = key in changed or ulps > state.drift_ulps
-                    keys.append(KeyDeviation(key, max_abs, ulps, state.drift_ulps, external))
+                    unit = state.ulp or ulp_at_max(expected)
+                    external = key in changed or max_abs > state.drift
+                    keys.append(KeyDeviation(key, max_abs, max_abs / unit if unit else 0.0, state.drift_ulps,
+                                             external))
             return VerifyReport(keys)
 
     # -- events ---------------------------------------------------------------------------------------------

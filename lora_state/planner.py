@@ -25,7 +25,8 @@ class KeyPlan:
     old: tuple[Contribution, ...]
     new: tuple[Contribution, ...]
     delta_terms: tuple[tuple[str, float], ...] = ()   # (sha256, strength change) for the delta path
-    drift_ulps: float = 0.0                            # drift bound after this step
+    base_drift: float = 0.0                            # drift before this step's own rounding (absolute)
+    adds_drift: bool = False                           # this step rounds a non-exact value: drift grows
     needs_backup: bool = False                         # a clean copy must be taken before the first write
     unwind: bool = False                               # no clean copy: recover it by subtracting old (delta)
     reproducible: bool = False                         # old bits == exact(old): rollback can recompute them
@@ -60,14 +61,19 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
               is_linear: Callable[[str, str], bool], backup_drift: Callable[[str], float | None],
               can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
               drift_budget_ulps: float) -> Plan:
-    """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0 if clean)."""
+    """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0.0 if clean).
+
+    Drift is a bound of max |weight - exact result| in absolute terms; the budget is in ulps of the dtype at the
+    key's largest magnitude, and a delta step is counted as one such ulp (half for rounding, half for fp32 math).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     plan = Plan()
     for key in list(current) + [k for k in requested if k not in current]:
         state = current.get(key)
         old = state.contributors if state else ()
-        drift = state.drift_ulps if state else 0.0
+        drift = state.drift if state else 0.0
+        drift_ulps = state.drift_ulps if state else 0.0
         new = requested.get(key, ())
         if old == new:
             continue
@@ -76,20 +82,16 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         at_clean = not old and drift == 0.0
         linear = all(is_linear(c.sha256, key) for c in old + new)
         terms = net_terms(old, new)
-        path = _choose(mode, key, new, terms, linear, backed, at_clean, drift, can_backup, cost, drift_budget_ulps)
+        path = _choose(mode, key, new, terms, linear, backed, at_clean, drift_ulps, can_backup, cost,
+                       drift_budget_ulps)
         unwind = path == "exact" and not backed and not at_clean
-        if path == "delta":
-            new_drift = drift + 1.0
-        elif path == "relabel":
-            # Same real sum, another fp32 summation order: count it like one rounding step.
-            new_drift = drift + 1.0
-        elif unwind:
-            new_drift = drift + 1.0     # the clean copy is itself recovered by a delta step
-        else:
-            new_drift = base_drift or 0.0
+        # delta: rounds cur + change; relabel: same real sum in another fp32 order; unwind: the clean copy is
+        # itself recovered by a delta step. exact/restore inherit only the drift of the clean copy.
+        adds_drift = path in ("delta", "relabel") or unwind
         plan.keys.append(KeyPlan(
             key=key, path=path, old=old, new=new, delta_terms=terms if path == "delta" else (),
-            drift_ulps=new_drift, needs_backup=path == "exact" and not backed, unwind=unwind,
+            base_drift=drift if path in ("delta", "relabel") or unwind else (base_drift or 0.0),
+            adds_drift=adds_drift, needs_backup=path == "exact" and not backed, unwind=unwind,
             reproducible=drift == 0.0 and (backed or (path == "exact" and at_clean))))
     return plan
 

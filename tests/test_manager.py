@@ -1,0 +1,228 @@
+"""LoraStateManager behaviour: history independence, reset, verify, memory, failures, in-place writes."""
+import pytest
+import torch
+
+from lora_factory import make_module, write_all, write_lora
+from lora_state import (ExternalChangeError, LoraStateError, LoraStateManager, StackError, ulp_distance)
+from lora_state.files import LoraFileCache
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    return write_all(str(tmp_path_factory.mktemp("loras")), seed=1)
+
+
+def fresh_exact(stack, dtype):
+    module = make_module(dtype)
+    LoraStateManager(module, mode="exact", file_cache=LoraFileCache()).reconcile(stack)
+    return module.state_dict()
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_exact_is_history_independent(loras, dtype):
+    a = [(loras["lora"][0], 0.8), (loras["loha"][0], 1.0), (loras["dora"][0], 0.6)]
+    b = [(loras["peft"][0], 1.0), (loras["lora"][0], -0.4), (loras["lokr"][0], 1.2), (loras["diff"][0], 0.5)]
+    module = make_module(dtype)
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile(a)
+    first = snapshot(module)
+    for _ in range(5):
+        manager.reconcile(b)
+        assert same(snapshot(module), fresh_exact(b, dtype))
+        manager.reconcile(a)
+        assert same(snapshot(module), first)
+    assert same(first, fresh_exact(a, dtype))
+
+
+def test_weights_change_in_place(loras):
+    module = make_module(torch.float16)
+    params = {k: (p, p.data_ptr()) for k, p in module.named_parameters()}
+    manager = LoraStateManager(module, mode="auto")
+    for stack in ([(loras["lora"][0], 1.0)], [(loras["lora"][0], 0.3), (loras["dora"][0], 1.0)], []):
+        manager.reconcile(stack)
+        for key, param in module.named_parameters():
+            assert param is params[key][0] and param.data_ptr() == params[key][1] and param.dtype == torch.float16
+
+
+def test_unchanged_stack_does_no_weight_work(loras):
+    module = make_module()
+    manager = LoraStateManager(module)
+    stack = [(loras["lora"][0], 1.0), (loras["loha"][0], 0.5)]
+    manager.reconcile(stack)
+    versions = {k: p._version for k, p in module.named_parameters()}
+    report = manager.reconcile(stack)
+    assert report.noop and report.keys_changed == 0
+    assert versions == {k: p._version for k, p in module.named_parameters()}
+
+
+def test_only_changed_keys_are_written(loras):
+    module = make_module()
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile([(loras["lora"][0], 1.0), (loras["bare"][0], 1.0)])   # lora: fc1/conv/conv1, bare: fc2
+    versions = {k: p._version for k, p in module.named_parameters()}
+    report = manager.reconcile([(loras["lora"][0], 1.0), (loras["bare"][0], 0.5)])
+    assert report.keys_changed == 1 and report.reweighted == [("bare.safetensors", 1.0, 0.5)]
+    changed = {k for k, p in module.named_parameters() if p._version != versions[k]}
+    assert changed == {"fc2.weight"}
+
+
+def test_reset_restores_clean_and_empties_ledger(loras):
+    module = make_module(torch.bfloat16)
+    clean = snapshot(module)
+    manager = LoraStateManager(module, mode="auto")
+    manager.reconcile([(p, 0.9) for p, _ in loras.values()])
+    assert manager.backup_bytes > 0
+    manager.reset()
+    assert same(snapshot(module), clean)
+    assert manager.applied == () and manager.backup_bytes == 0 and not manager.ledger.keys
+
+
+def test_backups_hold_only_touched_keys(loras):
+    module = make_module()
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile([(loras["bare"][0], 1.0)])     # touches fc2.weight only
+    assert manager.backup_bytes == module.fc2.weight.numel() * 4
+    manager.reconcile([])
+    assert manager.backup_bytes == 0
+
+
+def test_delta_mode_keeps_no_backups_and_reports_drift(loras):
+    module = make_module(torch.float16)
+    manager = LoraStateManager(module, mode="delta")
+    stack_a, stack_b = [(loras["lora"][0], 1.0)], [(loras["lora"][0], 0.2)]
+    for _ in range(3):
+        manager.reconcile(stack_a)
+        report = manager.reconcile(stack_b)
+    assert manager.backup_bytes == 0
+    assert report.paths == {"delta": 3} and report.max_drift_ulps >= 6   # >= one ulp per delta step
+    exact = fresh_exact(stack_b, torch.float16)
+    for key in ("fc1.weight", "conv.weight", "conv1.weight"):
+        assert ulp_distance(module.state_dict()[key], exact[key]) <= manager.ledger.keys[key].drift_ulps
+
+
+def test_dora_never_takes_the_delta_path(loras):
+    module = make_module(torch.float16)
+    manager = LoraStateManager(module, mode="delta")
+    manager.reconcile([(loras["dora"][0], 1.0)])
+    report = manager.reconcile([(loras["dora"][0], 0.5)])
+    assert report.paths == {"exact": 2}
+    assert same(snapshot(module), fresh_exact([(loras["dora"][0], 0.5)], torch.float16))
+
+
+@pytest.mark.parametrize("location", ["cpu", "disk"])
+def test_backup_locations_give_the_same_bits(loras, location, tmp_path):
+    stack = [(loras["lora"][0], 1.0), (loras["dora"][0], 0.7)]
+    module = make_module(torch.float16)
+    clean = snapshot(module)
+    manager = LoraStateManager(module, mode="exact", backup=location, spill_dir=str(tmp_path / "spill"))
+    manager.reconcile(stack)
+    assert same(snapshot(module), fresh_exact(stack, torch.float16))
+    if location == "disk":
+        assert len(list((tmp_path / "spill").iterdir())) == len(manager.ledger.keys) == 4
+    manager.reset()
+    assert same(snapshot(module), clean)
+
+
+def test_backup_budget(loras):
+    module = make_module()
+    budget = module.fc2.weight.numel() * 4
+    exact = LoraStateManager(module, mode="exact", backup_budget_bytes=budget)
+    before = snapshot(module)
+    with pytest.raises(LoraStateError, match="budget"):
+        exact.reconcile([(loras["lora"][0], 1.0)])
+    assert same(snapshot(module), before)
+    auto = LoraStateManager(make_module(), mode="auto", backup_budget_bytes=budget)
+    report = auto.reconcile([(loras["lora"][0], 1.0), (loras["bare"][0], 1.0)])
+    assert auto.backup_bytes <= budget and report.paths.get("delta", 0) >= 1
+
+
+def test_external_changes_are_detected_not_trusted(loras):
+    module = make_module()
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile([(loras["lora"][0], 1.0)])
+    assert manager.verify().ok
+    with torch.no_grad():
+        module.fc1.weight.mul_(1.001)                  # another tool writes in place
+    report = manager.verify()
+    assert report.external_changes == ["fc1.weight"] and not report.ok
+    with pytest.raises(ExternalChangeError, match="fc1.weight.*reset"):
+        manager.reconcile([(loras["lora"][0], 0.5)])
+    module.conv.weight = torch.nn.Parameter(module.conv.weight.detach().clone())   # replaced object
+    assert set(manager.verify().external_changes) == {"fc1.weight", "conv.weight"}
+    manager.reset()
+    manager.reconcile([(loras["lora"][0], 0.5)])
+    assert same(snapshot(module), fresh_exact([(loras["lora"][0], 0.5)], torch.float32))
+
+
+@pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("mode", ["exact", "delta", "auto"])
+def test_interrupt_mid_apply_rolls_back(loras, exc_type, mode):
+    module = make_module(torch.float16)
+    manager = LoraStateManager(module, mode=mode)
+    manager.reconcile([(loras["lora"][0], 1.0), (loras["dora"][0], 0.5)])
+    before = snapshot(module)
+    ledger_before = {k: (s.contributors, s.drift) for k, s in manager.ledger.keys.items()}
+
+    def interrupt_after_two(done, total):
+        if done == 2:
+            raise exc_type("stop")
+
+    with pytest.raises(exc_type):
+        manager.reconcile([(loras["loha"][0], 1.0), (loras["dora"][0], 1.0)], progress=interrupt_after_two)
+    assert same(snapshot(module), before)
+    assert {k: (s.contributors, s.drift) for k, s in manager.ledger.keys.items()} == ledger_before
+    assert "rolled back" in manager.ledger.last_error and manager.verify().ok
+    manager.reconcile([(loras["loha"][0], 1.0)])           # and it carries on normally
+    assert manager.ledger.last_error == ""
+
+
+def test_bad_strengths_are_refused(loras):
+    manager = LoraStateManager(make_module())
+    for bad in (float("nan"), float("inf"), "x"):
+        with pytest.raises(StackError, match="finite|number"):
+            manager.reconcile([(loras["lora"][0], bad)])
+    with pytest.raises(StackError):
+        manager.reconcile([("", 1.0)])
+
+
+def test_duplicates_zero_strength_and_stack_forms(loras, tmp_path):
+    path = loras["lora"][0]
+    module = make_module()
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile([(path, 0.5), {"path": path, "strength": 0.25}, (loras["bare"][0], 0.0, 1.0)])
+    assert [a.strength for a in manager.applied] == [0.5, 0.25, 0.0]
+    assert "fc2.weight" not in manager.ledger.keys          # zero strength contributes nothing
+    expected = fresh_exact([(path, 0.5), (path, 0.25)], torch.float32)
+    assert same(snapshot(module), expected)
+
+
+def test_same_content_under_two_names_is_one_lora(loras, tmp_path):
+    copy = tmp_path / "renamed.safetensors"
+    copy.write_bytes(open(loras["lora"][0], "rb").read())
+    module = make_module()
+    manager = LoraStateManager(module, mode="exact")
+    manager.reconcile([(loras["lora"][0], 1.0)])
+    report = manager.reconcile([(str(copy), 1.0)])
+    assert report.keys_changed == 0 and manager.applied[0].name == "renamed.safetensors"
+
+
+def test_listeners_hear_every_change(loras):
+    events = []
+    manager = LoraStateManager(make_module())
+    manager.listeners.append(lambda m, data: events.append(data["event"]))
+    manager.reconcile([(loras["lora"][0], 1.0)])
+    manager.reset()
+    assert events == ["reconcile", "reset"]
+
+
+def test_mode_is_validated():
+    with pytest.raises(ValueError, match="exact"):
+        LoraStateManager(make_module(), mode="fast")
