@@ -32,16 +32,25 @@ class ApplyStats:
 _MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
 
 
-def ulp_at_max(tensor: torch.Tensor) -> float:
-    """One ulp of the tensor's dtype at its largest magnitude (fp8 and others: their own eps)."""
+def max_magnitude(tensor: torch.Tensor) -> float:
     if tensor.numel() == 0:
         return 0.0
     low, high = torch.aminmax(tensor.detach())
-    magnitude = max(abs(float(low)), abs(float(high)), torch.finfo(tensor.dtype).tiny)
-    bits = _MANTISSA_BITS.get(tensor.dtype)
+    return max(abs(float(low)), abs(float(high)))
+
+
+def ulp_of(magnitude: float, dtype: torch.dtype) -> float:
+    """One ulp of `dtype` at `magnitude` (dtypes of unknown layout, e.g. fp8: their eps times magnitude)."""
+    magnitude = max(magnitude, torch.finfo(dtype).tiny)
+    bits = _MANTISSA_BITS.get(dtype)
     if bits is None:
-        return torch.finfo(tensor.dtype).eps * magnitude
+        return torch.finfo(dtype).eps * magnitude
     return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
+
+
+def ulp_at_max(tensor: torch.Tensor) -> float:
+    """One ulp of the tensor's dtype at its largest magnitude: the unit drift is reported in."""
+    return ulp_of(max_magnitude(tensor), tensor.dtype) if tensor.numel() else 0.0
 
 
 def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
@@ -87,8 +96,12 @@ def _drift_after(key_plan: KeyPlan, tensor: torch.Tensor, backup_drift: float | 
         return (base, ulp_at_max(tensor)) if base else (0.0, 0.0)
     if key_plan.path == "exact":      # after an unwind the key is as far off as its recovered clean copy
         return (backup_drift or 0.0, ulp_at_max(tensor))
-    unit = ulp_at_max(tensor)
-    return (key_plan.base_drift + unit, unit)
+    magnitude = max_magnitude(tensor)
+    unit = ulp_of(magnitude, tensor.dtype)
+    # One rounding to the dtype on each side (ours and the exact result's) plus the fp32 arithmetic of the terms
+    # on both sides, which is what dominates for fp32 weights.
+    fp32_error = (len(key_plan.new) + len(key_plan.old) + 2) * 2.0 ** -23 * magnitude
+    return (key_plan.base_drift + unit + fp32_error, unit)
 
 
 def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore, patch_of: PatchOf) -> None:

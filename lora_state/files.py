@@ -46,11 +46,19 @@ class LoraFile:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
+def peft_sidecar(path: str) -> str | None:
+    """PEFT's save_pretrained keeps rank/alpha in adapter_config.json beside adapter_model.safetensors."""
+    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)), "adapter_config.json")
+    return sidecar if os.path.isfile(sidecar) else None
+
+
 def file_sha256(path: str) -> str:
+    """Identity of a LoRA: its bytes, plus its PEFT sidecar config if it has one (it changes the scale)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
+    for part in filter(None, (path, peft_sidecar(path))):
+        with open(part, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -66,6 +74,10 @@ def read_lora_file(path: str, sha256: str | None = None) -> LoraFile:
         with safe_open(path, framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        sidecar = peft_sidecar(path)
+        if sidecar and "lora_adapter_metadata" not in metadata:
+            with open(sidecar, encoding="utf-8") as handle:
+                metadata["adapter_config"] = handle.read()
     except Exception as exc:  # safetensors raises its own error types for bad headers/truncation
         raise LoraFileError(
             f"{path}: not a readable safetensors file ({exc}). The file may be truncated or in another format; "
@@ -113,8 +125,11 @@ class LoraFileCache:
 
     @staticmethod
     def _stat_key(path: str) -> tuple:
-        st = os.stat(path)
-        return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        key = ()
+        for part in filter(None, (path, peft_sidecar(path))):
+            st = os.stat(part)
+            key += (os.path.realpath(part), st.st_size, st.st_mtime_ns, st.st_ino)
+        return key
 
     def load(self, path: str) -> LoraFile:
         path = os.fspath(path)

@@ -9,7 +9,6 @@ names, ComfyUI supplies its own key maps.
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +23,7 @@ PART_SUFFIXES = {
     ".lora_up.weight": "up", ".lora_down.weight": "down", ".lora_mid.weight": "mid",
     ".lora_B.weight": "up", ".lora_A.weight": "down", ".lora_B.bias": "up_bias",
     ".lora.up.weight": "up", ".lora.down.weight": "down",
-    ".lora_magnitude_vector.weight": "magnitude", ".lora_magnitude_vector": "magnitude", ".dora_scale": "magnitude",
+    ".lora_magnitude_vector.weight": "magnitude", ".lora_magnitude_vector": "magnitude", ".dora_scale": "dora_scale",
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a", ".hada_w2_b": "hada_w2_b",
     ".hada_t1": "hada_t1", ".hada_t2": "hada_t2",
     ".lokr_w1": "lokr_w1", ".lokr_w1_a": "lokr_w1_a", ".lokr_w1_b": "lokr_w1_b",
@@ -33,8 +32,19 @@ PART_SUFFIXES = {
 }
 _SUFFIX_ORDER = sorted(PART_SUFFIXES, key=len, reverse=True)
 
-# Metadata keys under which trainers store the PEFT config (rank/alpha) as JSON.
-PEFT_CONFIG_METADATA_KEYS = ("lora_adapter_metadata", "peft_config", "adapter_config")
+# Metadata keys under which the PEFT config (rank/alpha) is stored as JSON: diffusers' key, and the text of the
+# adapter_config.json that PEFT's save_pretrained writes beside the weights (files.py puts it under the second).
+PEFT_CONFIG_METADATA_KEYS = ("lora_adapter_metadata", "adapter_config")
+# Prefixes PEFT/diffusers put before module paths.
+PEFT_PREFIXES = ("base_model.model.", "unet.", "transformer.", "text_encoder_2.", "text_encoder.", "model.")
+
+
+def strip_peft_prefixes(name: str) -> str:
+    while True:
+        stripped = next((name[len(p):] for p in PEFT_PREFIXES if name.startswith(p)), None)
+        if stripped is None:
+            return name
+        name = stripped
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -59,9 +69,9 @@ def group_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, to
 
 @dataclass
 class PeftConfig:
-    """Rank/alpha from a PEFT config stored in the file's metadata (PEFT files carry no alpha tensors)."""
+    """Rank/alpha from a PEFT config stored with the file (PEFT files carry no alpha tensors)."""
 
-    lora_alpha: float | None = None
+    alpha: float | None = None
     r: int | None = None
     use_rslora: bool = False
     alpha_pattern: dict = field(default_factory=dict)
@@ -73,40 +83,47 @@ class PeftConfig:
             config = metadata_json(metadata, key)
             if config is None:
                 continue
-            # diffusers nests the config per component ({"unet": {...}}) in some versions: take the first dict.
-            if "lora_alpha" not in config and "alpha" not in config:
-                nested = [v for v in config.values() if isinstance(v, dict) and ("lora_alpha" in v or "alpha" in v)]
-                if not nested:
-                    continue
-                config = nested[0]
-            return cls(lora_alpha=config.get("lora_alpha", config.get("alpha")), r=config.get("r"),
-                       use_rslora=bool(config.get("use_rslora", False)),
+            # diffusers' pipeline savers flatten per component: {"unet.r": 4, "unet.lora_alpha": 8, ...}.
+            config = {k.rsplit(".", 1)[-1] if k.endswith((".r", ".lora_alpha", ".alpha", ".alpha_pattern",
+                                                          ".rank_pattern", ".use_rslora")) else k: v
+                      for k, v in config.items()}
+            alpha = config.get("lora_alpha", config.get("alpha"))   # LoRA configs: lora_alpha; LoHa/LoKr: alpha
+            if alpha is None:
+                continue
+            return cls(alpha=float(alpha), r=config.get("r"), use_rslora=bool(config.get("use_rslora", False)),
                        alpha_pattern=config.get("alpha_pattern") or {}, rank_pattern=config.get("rank_pattern") or {})
-        if "lora_alpha" in metadata or "ss_network_alpha" in metadata:
+        if "ss_network_alpha" in metadata:   # kohya trainers: a global alpha when per-key alpha tensors are absent
             try:
-                alpha = float(metadata.get("lora_alpha", metadata.get("ss_network_alpha")))
-                rank = metadata.get("r", metadata.get("ss_network_dim"))
-                return cls(lora_alpha=alpha, r=int(float(rank)) if rank else None)
+                rank = metadata.get("ss_network_dim")
+                return cls(alpha=float(metadata["ss_network_alpha"]), r=int(float(rank)) if rank else None)
             except (TypeError, ValueError):
                 return None
         return None
 
-    def alpha_for(self, prefix: str, rank: int) -> float | None:
-        """The alpha to store as kohya alpha so that alpha / rank equals PEFT's scaling for this module."""
-        alpha = self.lora_alpha
-        for pattern, value in self.alpha_pattern.items():
-            if _pattern_matches(pattern, prefix):
-                alpha = value
-        if alpha is None:
-            return None
+    @staticmethod
+    def _lookup(pattern_map: dict, module: str):
+        # PEFT's rule: the first pattern (in order) such that re.match(rf"(.*\.)?({pattern})$", module).
+        for pattern, value in pattern_map.items():
+            try:
+                if re.match(rf"(.*\.)?({pattern})$", module):
+                    return value
+            except re.error:
+                continue
+        return None
+
+    def rank_for(self, prefix: str) -> int | None:
+        module = strip_peft_prefixes(prefix)
+        rank = self._lookup(self.rank_pattern, module)
+        return int(rank) if rank is not None else (int(self.r) if self.r is not None else None)
+
+    def alpha_for(self, prefix: str, rank: int) -> float:
+        """The alpha to use as kohya alpha so that alpha / rank equals PEFT's scaling for this module."""
+        module = strip_peft_prefixes(prefix)
+        alpha = self._lookup(self.alpha_pattern, module)
+        alpha = float(alpha) if alpha is not None else self.alpha
         if self.use_rslora:
-            return float(alpha) / (rank ** 0.5) * rank
-        return float(alpha)
-
-
-def _pattern_matches(pattern: str, prefix: str) -> bool:
-    return prefix == pattern or prefix.endswith("." + pattern) or bool(re.fullmatch(pattern, prefix)) \
-        or fnmatch.fnmatch(prefix, pattern)
+            return alpha / (rank ** 0.5) * rank
+        return alpha
 
 
 @dataclass
@@ -160,9 +177,10 @@ def resolve_file(lora_file: LoraFile, resolve: Callable[[str], str | None],
         if module is None:
             coverage.unmatched.append(prefix)
             continue
-        alpha = _alpha(group, prefix, peft, coverage)
+        alpha = _alpha(group, prefix, peft)
+        config_rank = peft.rank_for(prefix) if peft is not None and "alpha" not in group else None
         for readers, target in ((WEIGHT_READERS, module + ".weight"), (BIAS_READERS, module + ".bias")):
-            adapter = next((a for a in (read(group, alpha) for read in readers) if a is not None), None)
+            adapter = next((a for a in (read(group, alpha, config_rank) for read in readers) if a is not None), None)
             if adapter is None:
                 continue
             shape = param_shape(target)
@@ -177,10 +195,11 @@ def resolve_file(lora_file: LoraFile, resolve: Callable[[str], str | None],
     return ResolvedLora(lora_file.sha256, lora_file.name, lora_file.path, patches, coverage)
 
 
-def _alpha(group: dict, prefix: str, peft: PeftConfig | None, coverage: Coverage) -> float | None:
+def _alpha(group: dict, prefix: str, peft: PeftConfig | None) -> float | None:
     if "alpha" in group:
         return float(group["alpha"].float().reshape(-1)[0])
+    if peft is None:
+        return None
     rank_source = group.get("down", group.get("hada_w1_b", group.get("lokr_w2_b", group.get("lokr_w1_b"))))
-    if peft is not None and rank_source is not None:
-        return peft.alpha_for(prefix, rank_source.shape[0])
-    return None
+    rank = rank_source.shape[0] if rank_source is not None else peft.rank_for(prefix)
+    return peft.alpha_for(prefix, rank) if rank else None

@@ -37,29 +37,28 @@ Layouts (``naming``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 KINDS = ("lora", "loha", "lokr", "dora", "lora_conv")
 NAMINGS = ("peft", "peft_unet", "peft_model", "kohya")
 
-UNET_KWARGS = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    norm_num_groups=8,
-    sample_size=8,
-    attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)
+UNET_KWARGS = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "norm_num_groups": 8,
+    "sample_size": 8,
+    "attention_head_dim": 8,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+}
 
 # Linear attention/FF projections; proj_in/proj_out are 1x1 Conv2d in this UNet
 # (use_linear_projection=False), which exercises the 1x1-conv path too.
@@ -72,6 +71,18 @@ KOHYA_PREFIX = "lora_unet_"
 
 
 # --------------------------------------------------------------------------- model
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """The oracle's tensors are tiny and its cost is Python overhead; intra-op threads only
+    oversubscribe a loaded 2-core box (measured 2.5x slower).  Restores the caller's setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def build_unet():
@@ -254,7 +265,7 @@ def to_kohya(peft_sd: dict[str, torch.Tensor], modules: dict[str, dict], kind: s
     for path, info in modules.items():
         k = kohya_module_name(path)
 
-        def g(suffix):
+        def g(suffix, path=path):
             return peft_sd.get(f"{path}.{suffix}")
 
         alpha = float(info["alpha"])
@@ -365,19 +376,25 @@ def make_case(kind: str, tmp_path, naming: str = "peft", seed: int = 0) -> dict:
       touched_keys   set of param names where merged != clean
       modules        {module path: {r, alpha, scale, weight_shape, type, rel_delta}}
       config         PEFT config dict (as serialised)
+      peft_state_dict bare-key PEFT adapter tensors (before any renaming)
       file_keys      list of keys written to the file
-      seconds        wall time of make_case
+      seconds        wall time of make_case (the PEFT side is cached per (kind, seed),
+                     so later namings of the same kind only write a file)
     """
+    with _single_thread():
+        return _make_case(kind, tmp_path, naming, seed)
+
+
+_PEFT_CACHE: dict[tuple[str, int], dict] = {}
+
+
+def _peft_side(kind: str, seed: int) -> dict:
+    """Base model, PEFT injection, random adapter, PEFT merge: once per (kind, seed)."""
     from peft import get_peft_model_state_dict
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if naming not in NAMINGS:
-        raise ValueError(f"naming must be one of {NAMINGS}, got {naming!r}")
-    t0 = time.perf_counter()
-    tmp_path = Path(tmp_path)
-
+    if (kind, seed) in _PEFT_CACHE:
+        return _PEFT_CACHE[(kind, seed)]
     unet = build_unet()
     _randomise_base(unet, seed)
     clean = {k: v.detach().clone() for k, v in unet.state_dict().items()}
@@ -395,7 +412,44 @@ def make_case(kind: str, tmp_path, naming: str = "peft", seed: int = 0) -> dict:
             modules[name] = {**_module_info(layer, kind), "rel_delta": rel}
     assert modules, "no module was adapted"
 
-    peft_sd = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
+    peft_sd = {
+        k: v.detach().clone().contiguous()
+        for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()
+    }
+    with torch.no_grad():
+        merged_model = tuner.merge_and_unload()
+    merged = {k: v.detach().clone() for k, v in merged_model.state_dict().items()}
+    assert merged.keys() == clean.keys(), set(merged) ^ set(clean)
+    touched = {k for k in clean if not torch.equal(clean[k], merged[k])}
+    side = {
+        "cfg": cfg,
+        "clean": clean,
+        "merged": merged,
+        "peft_sd": peft_sd,
+        "modules": modules,
+        "touched": touched,
+    }
+    _PEFT_CACHE[(kind, seed)] = side
+    return side
+
+
+def _make_case(kind: str, tmp_path, naming: str, seed: int) -> dict:
+    import copy
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    t0 = time.perf_counter()
+    tmp_path = Path(tmp_path)
+
+    side = _peft_side(kind, seed)
+    # hand out copies: callers may mutate what they get without poisoning the cache
+    clean = {k: v.clone() for k, v in side["clean"].items()}
+    merged = {k: v.clone() for k, v in side["merged"].items()}
+    peft_sd = {k: v.clone() for k, v in side["peft_sd"].items()}
+    modules = copy.deepcopy(side["modules"])
+    cfg = side["cfg"]
     meta = config_dict(cfg)
 
     stem = f"{kind}_{naming}_s{seed}"
@@ -410,31 +464,25 @@ def make_case(kind: str, tmp_path, naming: str = "peft", seed: int = 0) -> dict:
         with safetensors.safe_open(str(path), framework="pt") as f:
             file_keys = sorted(f.keys())
 
-    with torch.no_grad():
-        merged_model = tuner.merge_and_unload()
-    merged = {k: v.detach().clone() for k, v in merged_model.state_dict().items()}
-    assert merged.keys() == clean.keys(), set(merged) ^ set(clean)
-    touched = {k for k in clean if not torch.equal(clean[k], merged[k])}
-
     def module_factory():
         m = build_unet()
         m.load_state_dict(clean)
         return m
 
-    return dict(
-        kind=kind,
-        naming=naming,
-        clean=clean,
-        merged=merged,
-        path=str(path),
-        module_factory=module_factory,
-        touched_keys=touched,
-        modules=modules,
-        config=meta,
-        peft_state_dict=peft_sd,
-        file_keys=file_keys,
-        seconds=time.perf_counter() - t0,
-    )
+    return {
+        "kind": kind,
+        "naming": naming,
+        "clean": clean,
+        "merged": merged,
+        "path": str(path),
+        "module_factory": module_factory,
+        "touched_keys": set(side["touched"]),
+        "modules": modules,
+        "config": meta,
+        "peft_state_dict": peft_sd,
+        "file_keys": file_keys,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # --------------------------------------------------------------------------- oracle self-checks
@@ -447,6 +495,11 @@ def reference_merge_kohya(path: str, clean: dict[str, torch.Tensor]) -> dict[str
     DoRA uses the LyCORIS wd_on_out semantics: dora_scale * (W + dW) / ||W + dW||_row
     (no eps here).
     """
+    with _single_thread():
+        return _reference_merge_kohya(path, clean)
+
+
+def _reference_merge_kohya(path: str, clean: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     import safetensors.torch
 
     sd = safetensors.torch.load_file(path)
@@ -494,6 +547,11 @@ def reference_merge_kohya(path: str, clean: dict[str, torch.Tensor]) -> dict[str
 def reference_merge_peft_roundtrip(case: dict) -> dict[str, torch.Tensor]:
     """Re-load ``case['path']`` (PEFT layouts) into a fresh PEFT-injected UNet using only
     the file (+ its metadata / sidecar config) and merge with PEFT again."""
+    with _single_thread():
+        return _reference_merge_peft_roundtrip(case)
+
+
+def _reference_merge_peft_roundtrip(case: dict) -> dict[str, torch.Tensor]:
     import safetensors
     import safetensors.torch
     from peft import LoHaConfig, LoKrConfig, LoraConfig, set_peft_model_state_dict
@@ -524,10 +582,6 @@ def reference_merge_peft_roundtrip(case: dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
 
-def kohya_lookup_regex() -> re.Pattern:
-    return re.compile(r"^lora_unet_(.+)\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale|hada_w[12]_[ab]|lokr_w[12](_[ab])?)$")
-
-
 if __name__ == "__main__":  # quick manual timing: python tests/peft_oracle.py
     import tempfile
 
@@ -537,7 +591,7 @@ if __name__ == "__main__":  # quick manual timing: python tests/peft_oracle.py
                 c = make_case(kind, os.path.join(d, f"{kind}-{naming}"), naming=naming)
                 rels = [m["rel_delta"] for m in c["modules"].values()]
                 print(
-                    f"{kind:10s} {naming:10s} {c['seconds']*1000:7.1f} ms  modules={len(c['modules'])} "
+                    f"{kind:10s} {naming:10s} {c['seconds'] * 1000:7.1f} ms  modules={len(c['modules'])} "
                     f"touched={len(c['touched_keys'])} file_keys={len(c['file_keys'])} "
                     f"rel_delta={min(rels):.3f}..{max(rels):.3f}"
                 )

@@ -23,7 +23,7 @@ pytest.importorskip("peft")
 pytest.importorskip("diffusers")
 pytest.importorskip("safetensors")
 
-import torch  # noqa: E402
+import torch
 
 try:  # works both with and without tests/__init__.py
     from tests import peft_oracle as oracle  # type: ignore
@@ -61,10 +61,12 @@ def _worst(actual: dict, expected: dict, keys) -> str:
 def _assert_state_close(actual: dict, expected: dict, what: str) -> None:
     assert actual.keys() == expected.keys()
     bad = []
-    for k in expected:
-        if actual[k].shape != expected[k].shape or not torch.allclose(actual[k], expected[k], rtol=RTOL, atol=ATOL):
+    for k, exp in expected.items():
+        if actual[k].shape != exp.shape or not torch.allclose(actual[k], exp, rtol=RTOL, atol=ATOL):
             bad.append(k)
-    assert not bad, f"{what}: {len(bad)}/{len(expected)} tensors differ; {_worst(actual, expected, bad)}; first: {bad[:5]}"
+    assert not bad, (
+        f"{what}: {len(bad)}/{len(expected)} tensors differ; {_worst(actual, expected, bad)}; first: {bad[:5]}"
+    )
 
 
 def _coverages(report) -> list:

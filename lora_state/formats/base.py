@@ -46,13 +46,17 @@ def _numel(shape) -> int:
 
 
 def fits(natural: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    """A delta fits a parameter if the shapes agree up to trailing 1x1 kernel dims (Linear vs 1x1 Conv)."""
+    """A delta fits a parameter if the shapes agree up to trailing 1x1 kernel dims (Linear vs 1x1 Conv), or if
+    it is the parameter flattened to (out, in*kh*kw), as PEFT and LyCORIS store conv factors."""
     def squeeze(shape):
         shape = tuple(int(s) for s in shape)
         while len(shape) > 2 and shape[-1] == 1:
             shape = shape[:-1]
         return shape
-    return squeeze(natural) == squeeze(target)
+    natural, target = squeeze(natural), squeeze(target)
+    if natural == target:
+        return True
+    return len(natural) == 2 and len(target) > 2 and natural[0] == target[0] and _numel(natural) == _numel(target)
 
 
 def fp32(tensor: torch.Tensor, device) -> torch.Tensor:

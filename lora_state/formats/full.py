@@ -23,13 +23,13 @@ class DiffAdapter(Adapter):
         return weight.add_(self.diff.reshape(weight.shape).float(), alpha=strength * self.scale)
 
 
-def read(group: dict, alpha):
+def read(group: dict, alpha, config_rank=None):
     if "diff" in group:
         return DiffAdapter(group["diff"])
     return None
 
 
-def read_bias(group: dict, alpha):
+def read_bias(group: dict, alpha, config_rank=None):
     """Bias patches target `<module>.bias` instead of `<module>.weight`."""
     if "diff_b" in group:
         return DiffAdapter(group["diff_b"])

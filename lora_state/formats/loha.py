@@ -33,7 +33,7 @@ class LohaAdapter(Adapter):
         return product.mul_(self.scale).reshape(self.natural_shape())
 
 
-def read(group: dict, alpha):
+def read(group: dict, alpha, config_rank=None):
     if not all(k in group for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")):
         return None
     return LohaAdapter(group["hada_w1_a"], group["hada_w1_b"], group["hada_w2_a"], group["hada_w2_b"],

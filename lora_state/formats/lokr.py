@@ -1,6 +1,7 @@
 """LoKr (LyCORIS Kronecker product): delta = scale * kron(w1, w2), each factor whole or as a_@b_ (w2 maybe Tucker).
 
 As in LyCORIS and ComfyUI, scale = alpha / rank of the factorised part, and 1.0 when both factors are whole.
+Files from PEFT (rank known from their config) use PEFT's rule instead: scale = alpha / r always.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from .base import Adapter
 class LokrAdapter(Adapter):
     kind = "lokr"
 
-    def __init__(self, w1=None, w1_a=None, w1_b=None, w2=None, w2_a=None, w2_b=None, t2=None, alpha=None):
+    def __init__(self, w1=None, w1_a=None, w1_b=None, w2=None, w2_a=None, w2_b=None, t2=None, alpha=None,
+                 config_rank=None):
         self.parts = dict(w1=w1, w1_a=w1_a, w1_b=w1_b, w2=w2, w2_a=w2_a, w2_b=w2_b, t2=t2)
-        rank = None
-        if w1 is None:
+        rank = config_rank
+        if rank is None and w1 is None:
             rank = w1_b.shape[0]
-        if w2 is None:
+        if config_rank is None and w2 is None:
             rank = w2_b.shape[0]
         self.scale = float(alpha) / rank if (alpha is not None and rank is not None) else 1.0
 
@@ -57,10 +59,10 @@ class LokrAdapter(Adapter):
         return torch.kron(w1, w2).mul_(self.scale).reshape(self.natural_shape())
 
 
-def read(group: dict, alpha):
+def read(group: dict, alpha, config_rank=None):
     has_w1 = "lokr_w1" in group or ("lokr_w1_a" in group and "lokr_w1_b" in group)
     has_w2 = "lokr_w2" in group or ("lokr_w2_a" in group and "lokr_w2_b" in group)
     if not (has_w1 and has_w2):
         return None
     return LokrAdapter(group.get("lokr_w1"), group.get("lokr_w1_a"), group.get("lokr_w1_b"), group.get("lokr_w2"),
-                       group.get("lokr_w2_a"), group.get("lokr_w2_b"), group.get("lokr_t2"), alpha)
+                       group.get("lokr_w2_a"), group.get("lokr_w2_b"), group.get("lokr_t2"), alpha, config_rank)

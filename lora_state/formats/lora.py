@@ -13,8 +13,11 @@ from .base import Adapter
 class LoraAdapter(Adapter):
     kind = "lora"
 
-    def __init__(self, up, down, mid=None, alpha=None, magnitude=None):
+    def __init__(self, up, down, mid=None, alpha=None, magnitude=None, magnitude_on_output=None):
         self.up, self.down, self.mid, self.magnitude = up, down, mid, magnitude
+        # PEFT's lora_magnitude_vector is always per output channel; a kohya/LyCORIS dora_scale is per output
+        # channel when shaped (out, 1, ...) and per input channel when shaped (1, in, ...).
+        self.magnitude_on_output = magnitude_on_output
         rank = down.shape[0]
         self.scale = float(alpha) / rank if alpha is not None else 1.0
         self.linear = magnitude is None
@@ -55,8 +58,10 @@ class LoraAdapter(Adapter):
         changed = weight + self.delta().reshape(weight.shape)
         magnitude = self.magnitude.float()
         out_features = weight.shape[0]
-        if magnitude.numel() == out_features and (magnitude.dim() == 1 or magnitude.shape[0] == out_features):
-            # PEFT lora_magnitude_vector (and output-axis dora_scale): one norm per output row.
+        on_output = self.magnitude_on_output
+        if on_output is None:
+            on_output = magnitude.shape[0] == out_features and magnitude.numel() == out_features
+        if on_output:
             norm = changed.reshape(out_features, -1).norm(dim=1)
             shape = (out_features,) + (1,) * (weight.dim() - 1)
             factor = magnitude.reshape(shape) / norm.reshape(shape)
@@ -72,7 +77,9 @@ class LoraAdapter(Adapter):
         return weight.add_(changed.sub_(weight), alpha=strength)
 
 
-def read(group: dict, alpha):
+def read(group: dict, alpha, config_rank=None):
     if "up" not in group or "down" not in group:
         return None
-    return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group.get("magnitude"))
+    if "magnitude" in group:
+        return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group["magnitude"], True)
+    return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group.get("dora_scale"))

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from ..naming import PEFT_PREFIXES
 from .base import Host
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_te_", "lora_transformer_", "lycoris_")
-PEFT_PREFIXES = ("base_model.model.", "unet.", "transformer.", "text_encoder_2.", "text_encoder.", "model.")
 
 
 class TorchModuleHost(Host):
