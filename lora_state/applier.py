@@ -32,6 +32,15 @@ class ApplyStats:
 _MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
 
 
+def predicted_step_ulps(dtype: torch.dtype, terms: int) -> float:
+    """What one delta step adds to a key's drift, in ulps at its largest magnitude (see _rounded_step_drift):
+    half an ulp of residual, two half-ulp roundings, and the fp32 arithmetic of `terms` terms."""
+    bits = _MANTISSA_BITS.get(dtype)
+    if bits is None:
+        return float("inf")
+    return 1.5 + 2.0 * (terms + 2) * 2.0 ** (bits - 23)
+
+
 def max_magnitude(tensor: torch.Tensor) -> float:
     if tensor.numel() == 0:
         return 0.0
@@ -63,21 +72,31 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
         try:
             for key_plan in plan.keys:
                 live = host.parameter(key_plan.key)
+                # A step that does not start from the clean copy keeps the rounding residual of the value it
+                # starts from (half an ulp at that value's magnitude): measure it before writing.
+                rounds_from_live = key_plan.path in ("delta", "relabel") or key_plan.unwind
+                before = max_magnitude(live) if rounds_from_live else 0.0
                 if key_plan.path == "relabel":
-                    stats.drift[key_plan.key] = _drift_after(key_plan, live)
+                    stats.drift[key_plan.key] = _rounded_step_drift(key_plan, live, before)
                     continue
                 undo = None if key_plan.reproducible else live.detach().clone()
                 took_backup = False
                 if key_plan.needs_backup:
                     if key_plan.unwind:
                         clean = _unwound(host, key_plan, live, patch_of)
-                        backups.put(key_plan.key, clean, drift=_drift_after(key_plan, clean)[0])
+                        backups.put(key_plan.key, clean, drift=_rounded_step_drift(key_plan, clean, before)[0])
                     else:
                         backups.put(key_plan.key, live)
                     took_backup = True
                 done.append((key_plan, undo, took_backup))   # before the write: a half-written key is undone too
                 write_key(host, key_plan, live, backups, patch_of)
-                stats.drift[key_plan.key] = _drift_after(key_plan, live, backups.drift(key_plan.key))
+                if key_plan.path == "delta":
+                    stats.drift[key_plan.key] = _rounded_step_drift(key_plan, live, before)
+                else:
+                    backup_drift = backups.drift(key_plan.key)
+                    if backup_drift and key_plan.path == "exact":
+                        backup_drift = _propagated(host, key_plan, backups, patch_of, backup_drift)
+                    stats.drift[key_plan.key] = _from_clean_drift(live, backup_drift)
                 stats.keys_written += 1
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
@@ -89,19 +108,36 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
     return stats
 
 
-def _drift_after(key_plan: KeyPlan, tensor: torch.Tensor, backup_drift: float | None = None) -> tuple:
-    """(drift bound, ulp) after this step. A rounding step adds one ulp at the result's largest magnitude."""
-    if key_plan.path in ("exact", "restore") and not key_plan.unwind:
-        base = backup_drift or 0.0
-        return (base, ulp_at_max(tensor)) if base else (0.0, 0.0)
-    if key_plan.path == "exact":      # after an unwind the key is as far off as its recovered clean copy
-        return (backup_drift or 0.0, ulp_at_max(tensor))
+def _rounded_step_drift(key_plan: KeyPlan, tensor: torch.Tensor, magnitude_before: float) -> tuple:
+    """(drift bound, ulp) after rounding a value that was not computed from the clean copy.
+
+    Against the exact result the step adds: the residual of the rounding the start value already carried (half
+    an ulp at its magnitude), our rounding and the exact result's (half an ulp each at the new magnitude), and
+    the fp32 arithmetic of the terms on both sides (what dominates for fp32 weights).
+    """
     magnitude = max_magnitude(tensor)
     unit = ulp_of(magnitude, tensor.dtype)
-    # One rounding to the dtype on each side (ours and the exact result's) plus the fp32 arithmetic of the terms
-    # on both sides, which is what dominates for fp32 weights.
-    fp32_error = (len(key_plan.new) + len(key_plan.old) + 2) * 2.0 ** -23 * magnitude
-    return (key_plan.base_drift + unit + fp32_error, unit)
+    residual = 0.5 * ulp_of(magnitude_before, tensor.dtype) if magnitude_before else 0.0
+    fp32_error = (len(key_plan.new) + len(key_plan.old) + 2) * 2.0 ** -23 * max(magnitude, magnitude_before)
+    return (key_plan.base_drift + residual + unit + fp32_error, unit)
+
+
+def _propagated(host: Host, key_plan: KeyPlan, backups: BackupStore, patch_of: PatchOf, drift: float) -> float:
+    """An approximate clean copy's error after the new contributors (rare: exact work after delta work), plus
+    the two roundings (ours and the exact result's) that now separate the key from the true result."""
+    weight = backups.get(key_plan.key, "cpu").to(torch.float32, copy=True)
+    for contribution in key_plan.new:
+        patch = patch_of(contribution.sha256, key_plan.key)
+        drift *= host.error_gain(patch, weight, contribution.strength)
+        weight = host.combine(key_plan.key, weight, [(patch, contribution.strength)])
+    magnitude = max_magnitude(weight)
+    unit = ulp_of(magnitude, backups.get(key_plan.key, "cpu").dtype)
+    return drift + unit + (len(key_plan.new) + 2) * 2.0 ** -23 * magnitude
+
+
+def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None) -> tuple:
+    """Computed from the clean copy: exactly as far off as that copy (0 unless it was recovered by unwinding)."""
+    return (backup_drift, ulp_at_max(tensor)) if backup_drift else (0.0, 0.0)
 
 
 def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore, patch_of: PatchOf) -> None:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .applier import apply_plan, exact_value, ulp_at_max
+from .applier import apply_plan, exact_value, predicted_step_ulps, ulp_at_max
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError
 from .files import LoraFileCache, finite_strength
@@ -32,6 +32,11 @@ log = logging.getLogger("lora_state")
 
 #: Shared by every manager in the process unless one is given: a file is parsed once per content.
 DEFAULT_FILE_CACHE = LoraFileCache()
+
+#: auto's drift budget per weight dtype, in ulps at the key's largest magnitude. fp32 drift is far below anything
+#: visible, so it may take many delta steps; fp16/bf16 allow one step (<= 1.5 ulp bound, so at most 1 ulp on the
+#: dtype's grid) before re-basing from clean; other dtypes (fp8) never take the delta path in auto.
+DEFAULT_DRIFT_BUDGET_ULPS = {torch.float64: 64.0, torch.float32: 64.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 
 
 @dataclass
@@ -162,12 +167,12 @@ class LoraStateManager:
 
     def __init__(self, module: torch.nn.Module | Host, mode: str = "auto", *, backup: str = "device",
                  backup_budget_bytes: int | None = None, spill_dir: str | None = None,
-                 drift_budget_ulps: float = 1.0, file_cache: LoraFileCache | None = None):
+                 drift_budget_ulps: float | None = None, file_cache: LoraFileCache | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.host = module if isinstance(module, Host) else TorchModuleHost(module)
         self.mode = mode
-        self.drift_budget_ulps = float(drift_budget_ulps)
+        self.drift_budget_ulps = drift_budget_ulps   # None: DEFAULT_DRIFT_BUDGET_ULPS by dtype
         self.backups = BackupStore(backup, backup_budget_bytes, spill_dir)
         self.file_cache = file_cache or DEFAULT_FILE_CACHE
         self.ledger = Ledger(mode=mode)
@@ -266,8 +271,14 @@ class LoraStateManager:
         def cost(sha: str, key: str) -> float:
             return self.host.patch_flops(self._patch_of(sha, key))
 
+        def budget(key: str) -> float:
+            return self.budget_ulps(self.host.parameter(key).dtype)
+
+        def step(key: str, terms: int) -> float:
+            return predicted_step_ulps(self.host.parameter(key).dtype, terms)
+
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
-                         can_backup=can_backup, cost=cost, drift_budget_ulps=self.drift_budget_ulps)
+                         can_backup=can_backup, cost=cost, drift_budget_ulps=budget, step_ulps=step)
         needed = sum(self._nbytes(k.key) for k in plan.keys if k.needs_backup)
         if needed and not self.backups.fits(needed):
             budget = self.backups.budget_bytes
@@ -291,6 +302,11 @@ class LoraStateManager:
             log.warning("LoRA State %s: rolled back after %s", self.host.label, message)
             self._notify("rolled_back", {"error": message})
             raise
+
+    def budget_ulps(self, dtype: torch.dtype) -> float:
+        if self.drift_budget_ulps is not None:
+            return float(self.drift_budget_ulps)
+        return DEFAULT_DRIFT_BUDGET_ULPS.get(dtype, 0.0)
 
     def _nbytes(self, key: str) -> int:
         tensor = self.host.parameter(key)
@@ -363,6 +379,8 @@ class LoraStateManager:
             stats = self._apply(plan, progress)
             residual = {key: KeyState((), bound, unit, fingerprint(self.host.parameter(key)))
                         for key, (bound, unit) in stats.drift.items() if bound > 0.0}
+            residual |= {key: state for key, state in self.ledger.keys.items()
+                         if key not in stats.drift and state.drift > 0.0}   # drift left by earlier delta work
             self.backups.clear()
             self.ledger = self.ledger.with_changes(stack=(), keys=residual, status="clean", last_error="")
             self._request_signature = ()

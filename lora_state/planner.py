@@ -60,11 +60,12 @@ def net_terms(old: tuple[Contribution, ...], new: tuple[Contribution, ...]) -> t
 def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribution, ...]], mode: str, *,
               is_linear: Callable[[str, str], bool], backup_drift: Callable[[str], float | None],
               can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
-              drift_budget_ulps: float) -> Plan:
+              drift_budget_ulps: Callable[[str], float], step_ulps: Callable[[str, int], float]) -> Plan:
     """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0.0 if clean).
 
-    Drift is a bound of max |weight - exact result| in absolute terms; the budget is in ulps of the dtype at the
-    key's largest magnitude, and a delta step is counted as one such ulp (half for rounding, half for fp32 math).
+    Drift is a bound of max |weight - exact result| in absolute terms. ``drift_budget_ulps(key)`` is auto's budget
+    in ulps of the key's dtype at its largest magnitude; ``step_ulps(key, terms)`` predicts what one delta step
+    adds. auto takes a delta step only if the drift after it is predicted to stay within the budget.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -82,8 +83,8 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         at_clean = not old and drift == 0.0
         linear = all(is_linear(c.sha256, key) for c in old + new)
         terms = net_terms(old, new)
-        path = _choose(mode, key, new, terms, linear, backed, at_clean, drift_ulps, can_backup, cost,
-                       drift_budget_ulps)
+        headroom = drift_budget_ulps(key) - drift_ulps - step_ulps(key, len(old) + len(new))
+        path = _choose(mode, new, terms, linear, backed, at_clean, headroom >= 0.0, can_backup, key, cost)
         unwind = path == "exact" and not backed and not at_clean
         # delta: rounds cur + change; relabel: same real sum in another fp32 order; unwind: the clean copy is
         # itself recovered by a delta step. exact/restore inherit only the drift of the clean copy.
@@ -96,9 +97,10 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
     return plan
 
 
-def _choose(mode, key, new, terms, linear, backed, at_clean, drift, can_backup, cost, budget) -> str:
+def _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backup, key, cost) -> str:
     if linear and not terms and mode != "exact":
-        return "relabel"
+        # Same real sum in another order: free, but it counts as a step against auto's drift budget.
+        return "exact" if mode == "auto" and backed and not within_budget else "relabel"
     if not new and backed:
         return "restore"
     if not linear or mode == "exact":
@@ -110,6 +112,6 @@ def _choose(mode, key, new, terms, linear, backed, at_clean, drift, can_backup, 
         return "delta"
     exact_cost = sum(cost(c.sha256, key) for c in new)
     delta_cost = sum(cost(sha, key) for sha, _ in terms)
-    if backed and delta_cost < exact_cost and drift + 1.0 <= budget:
+    if backed and delta_cost < exact_cost and within_budget:
         return "delta"
     return "exact"

@@ -28,6 +28,10 @@ class Adapter:
     def tensors(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def error_gain(self, weight: torch.Tensor, strength: float) -> float:
+        """Bound of max|f(w + e) - f(w)| / max|e|: how much an error already in the weight can grow."""
+        return 1.0
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -54,6 +54,22 @@ class LoraAdapter(Adapter):
             return weight.add_(self.delta().reshape(weight.shape), alpha=strength)
         return self._apply_dora(weight, strength)
 
+    def error_gain(self, weight, strength):
+        if self.linear:
+            return 1.0
+        # W' = W + s * (m * x / ||x|| - W), x = W + delta. d(x/||x||) has spectral norm 1/||x||, and a max-norm
+        # error e is at most sqrt(n) * e in 2-norm over a group of n elements.
+        changed = weight + self.delta().reshape(weight.shape)
+        magnitude = self.magnitude.float().abs().reshape(-1)
+        on_output = self.magnitude_on_output
+        if on_output is None:
+            on_output = self.magnitude.shape[0] == weight.shape[0] and self.magnitude.numel() == weight.shape[0]
+        groups = changed.reshape(weight.shape[0], -1) if on_output else \
+            changed.transpose(0, 1).reshape(weight.shape[1], -1)
+        norms = groups.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+        ratio = float((magnitude * groups.shape[1] ** 0.5 / norms).max())
+        return abs(1.0 - strength) + abs(strength) * ratio
+
     def _apply_dora(self, weight, strength):
         changed = weight + self.delta().reshape(weight.shape)
         magnitude = self.magnitude.float()

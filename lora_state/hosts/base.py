@@ -38,6 +38,11 @@ class Host:
     def patch_flops(self, patch) -> int:
         return int(patch.flops)
 
+    def error_gain(self, patch, weight: torch.Tensor, strength: float) -> float:
+        """How much an error already in `weight` can grow through `patch` (1.0 for linear patches)."""
+        return patch.error_gain(weight, strength) if hasattr(patch, "error_gain") else (
+            1.0 if self.is_linear(patch) else float("inf"))
+
     def strength(self, entry) -> float:
         """Which of an entry's strengths applies to this host's weights."""
         return entry.strength_model

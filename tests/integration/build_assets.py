@@ -36,19 +36,19 @@ DELTA_FRACTION = 0.10
 
 sys.path.insert(0, os.getcwd())  # cwd is the ComfyUI checkout
 
-import torch  # noqa: E402
-
-import comfy.cli_args  # noqa: E402
+import comfy.cli_args
+import torch
 
 comfy.cli_args.args.cpu = True  # before comfy.model_management, else torch.cuda.current_device()
 
-import comfy.model_management  # noqa: E402,F401
-import comfy.lora  # noqa: E402
-import comfy.model_detection  # noqa: E402
-import comfy.sd  # noqa: E402
-import comfy.taesd.taesd  # noqa: E402
-import comfy.utils  # noqa: E402
-import safetensors.torch  # noqa: E402
+import comfy.lora
+import comfy.lora_convert
+import comfy.model_detection
+import comfy.model_management
+import comfy.sd
+import comfy.taesd.taesd
+import comfy.utils
+import safetensors.torch
 
 # SD1.5 detection pins model_channels=320, context_dim=768, use_linear_in_transformer=False, adm_in_channels=None.
 # One level, one res block, one transformer: small and fast, still detected as SD15.
@@ -105,7 +105,7 @@ def build_checkpoint(path, seed):
     torch.manual_seed(seed)
     model_config = comfy.model_detection.model_config_from_unet_config(dict(UNET_CONFIG))
     if model_config is None or type(model_config).__name__ != "SD15":
-        raise RuntimeError("UNet config not detected as SD15: {}".format(model_config))
+        raise RuntimeError(f"UNet config not detected as SD15: {model_config}")
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device="cpu")
     left = torch_reset(model)
@@ -133,11 +133,15 @@ def build_checkpoint(path, seed):
         if t.is_floating_point():
             t = t.to(torch.float16)
             if not torch.isfinite(t).all():
-                raise RuntimeError("non-finite tensor in checkpoint: {}".format(k))
+                raise RuntimeError(f"non-finite tensor in checkpoint: {k}")
         out[k] = t.contiguous()
     safetensors.torch.save_file(out, path)
-    return {"seed": seed, "tensors": len(out), "left_uninitialised_then_filled": left,
-            "params": int(sum(t.numel() for t in out.values()))}
+    return {
+        "seed": seed,
+        "tensors": len(out),
+        "left_uninitialised_then_filled": left,
+        "params": int(sum(t.numel() for t in out.values())),
+    }
 
 
 def load_key_maps(ckpt_path):
@@ -145,7 +149,7 @@ def load_key_maps(ckpt_path):
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt_path, output_vae=True, output_clip=True)
     detected = type(model.model.model_config).__name__
     if detected != "SD15":
-        raise RuntimeError("checkpoint detected as {} instead of SD15".format(detected))
+        raise RuntimeError(f"checkpoint detected as {detected} instead of SD15")
     unet_map = comfy.lora.model_lora_keys_unet(model.model, {})
     clip_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
     weights = {}
@@ -173,11 +177,11 @@ class Targets:
         self.te = []
         for b in range(12):
             for c, cc in comfy.lora.LORA_CLIP_MAP.items():
-                kohya = "lora_te_text_model_encoder_layers_{}_{}".format(b, cc)
-                diff = "text_encoder.text_model.encoder.layers.{}.{}".format(b, c)
+                kohya = f"lora_te_text_model_encoder_layers_{b}_{cc}"
+                diff = f"text_encoder.text_model.encoder.layers.{b}.{c}"
                 mk = clip_map.get(kohya)
                 if mk is None or clip_map.get(diff) != mk:
-                    raise RuntimeError("CLIP key map lacks {} / {}".format(kohya, diff))
+                    raise RuntimeError(f"CLIP key map lacks {kohya} / {diff}")
                 self.te.append({"kohya": kohya, "peft": diff, "key": mk})
         # UNet modules with a kohya (diffusers-derived) name
         self.unet = []
@@ -229,17 +233,21 @@ def lora_tensors(w, rank, alpha, gen):
         up = torch.randn(out_dim, rank, generator=gen)
     scale = (alpha / rank) if alpha is not None else 1.0
     t = {"up": up, "down": down}
-    return _fit(lambda t: scale * (t["up"].flatten(1) @ t["down"].flatten(1)), t, ["up", "down"],
-                DELTA_FRACTION * _norm(w))
+    return _fit(
+        lambda t: scale * (t["up"].flatten(1) @ t["down"].flatten(1)), t, ["up", "down"], DELTA_FRACTION * _norm(w)
+    )
 
 
 def loha_tensors(w, rank, alpha, gen):
     o, i = w.shape[0], w[0].numel()
-    t = {k: torch.randn(*s, generator=gen) for k, s in
-         (("w1a", (o, rank)), ("w1b", (rank, i)), ("w2a", (o, rank)), ("w2b", (rank, i)))}
+    t = {
+        k: torch.randn(*s, generator=gen)
+        for k, s in (("w1a", (o, rank)), ("w1b", (rank, i)), ("w2a", (o, rank)), ("w2b", (rank, i)))
+    }
     scale = alpha / rank
-    return _fit(lambda t: scale * (t["w1a"] @ t["w1b"]) * (t["w2a"] @ t["w2b"]), t, ["w1a", "w2a"],
-                DELTA_FRACTION * _norm(w))
+    return _fit(
+        lambda t: scale * (t["w1a"] @ t["w1b"]) * (t["w2a"] @ t["w2b"]), t, ["w1a", "w2a"], DELTA_FRACTION * _norm(w)
+    )
 
 
 def lokr_tensors(w, rank, alpha, gen, factor=4):
@@ -247,11 +255,13 @@ def lokr_tensors(w, rank, alpha, gen, factor=4):
     a = factor if o % factor == 0 else 1
     c = factor if i % factor == 0 else 1
     b, d = o // a, i // c
-    t = {"w1": torch.randn(a, c, generator=gen), "w2a": torch.randn(b, rank, generator=gen),
-         "w2b": torch.randn(rank, d, generator=gen)}
+    t = {
+        "w1": torch.randn(a, c, generator=gen),
+        "w2a": torch.randn(b, rank, generator=gen),
+        "w2b": torch.randn(rank, d, generator=gen),
+    }
     scale = alpha / rank
-    return _fit(lambda t: scale * torch.kron(t["w1"], t["w2a"] @ t["w2b"]), t, ["w1", "w2a"],
-                DELTA_FRACTION * _norm(w))
+    return _fit(lambda t: scale * torch.kron(t["w1"], t["w2a"] @ t["w2b"]), t, ["w1", "w2a"], DELTA_FRACTION * _norm(w))
 
 
 def f16(t):
@@ -278,7 +288,8 @@ def kohya(targets, weights, rank, alpha, seed, dora=False):
             w2 = w.reshape(w.shape[0], -1)
             row = w2.norm(dim=1, keepdim=True)
             sd[n + ".dora_scale"] = (row * (1.0 + 0.05 * torch.randn(row.shape, generator=gen))).reshape(
-                w.shape[0], *[1] * (w.dim() - 1))
+                w.shape[0], *[1] * (w.dim() - 1)
+            )
     return sd
 
 
@@ -290,10 +301,16 @@ def build_loras(loras_dir, tg):
     files = {}
 
     def rec(name, fmt, targets, rank, alpha, sd, **extra):
-        files[name] = dict(format=fmt, rank=rank, alpha=alpha,
-                           unet_modules=sum(1 for t in targets if t["key"].startswith("diffusion_model.")),
-                           te_modules=sum(1 for t in targets if not t["key"].startswith("diffusion_model.")),
-                           tensors=len(sd), modules=sorted(t["key"] for t in targets), **extra)
+        files[name] = dict(
+            format=fmt,
+            rank=rank,
+            alpha=alpha,
+            unet_modules=sum(1 for t in targets if t["key"].startswith("diffusion_model.")),
+            te_modules=sum(1 for t in targets if not t["key"].startswith("diffusion_model.")),
+            tensors=len(sd),
+            modules=sorted(t["key"] for t in targets),
+            **extra,
+        )
         write_lora(os.path.join(loras_dir, name), sd)
 
     a_targets = tr + te
@@ -303,8 +320,15 @@ def build_loras(loras_dir, tg):
     rec("kohya_lora_b.safetensors", "kohya-lora", b_targets, 4, 2.0, kohya(b_targets, W, 4, 2.0, 102))
 
     c_targets = tr + rn + te
-    rec("locon_conv.safetensors", "kohya-locon", c_targets, 4, 1.0, kohya(c_targets, W, 4, 1.0, 103),
-        conv3x3_modules=sum(1 for t in c_targets if t.get("kind") == "conv3x3"))
+    rec(
+        "locon_conv.safetensors",
+        "kohya-locon",
+        c_targets,
+        4,
+        1.0,
+        kohya(c_targets, W, 4, 1.0, 103),
+        conv3x3_modules=sum(1 for t in c_targets if t.get("kind") == "conv3x3"),
+    )
 
     gen = torch.Generator().manual_seed(104)
     sd = {}
@@ -376,9 +400,9 @@ def verify_lora(path, key_map, expected_modules):
         logging.getLogger().removeHandler(h)
     bad = [m for m in seen if "lora key not loaded" in m]
     if bad:
-        raise RuntimeError("{}: ComfyUI did not load {} keys, e.g. {}".format(path, len(bad), bad[:3]))
+        raise RuntimeError(f"{path}: ComfyUI did not load {len(bad)} keys, e.g. {bad[:3]}")
     if sorted(patches) != sorted(expected_modules):
-        raise RuntimeError("{}: patches {} != expected {}".format(path, len(patches), len(expected_modules)))
+        raise RuntimeError(f"{path}: patches {len(patches)} != expected {len(expected_modules)}")
 
 
 def builder_hash():
@@ -392,17 +416,21 @@ def main(dest):
     loras_dir = os.path.join(dest, "models", "loras")
     os.makedirs(ckpt_dir, exist_ok=True)
     os.makedirs(loras_dir, exist_ok=True)
-    manifest = {"builder_version": BUILDER_VERSION, "builder_sha256": builder_hash(),
-                "delta_fraction": DELTA_FRACTION, "checkpoints": {}, "loras": {}}
+    manifest = {
+        "builder_version": BUILDER_VERSION,
+        "builder_sha256": builder_hash(),
+        "delta_fraction": DELTA_FRACTION,
+        "checkpoints": {},
+        "loras": {},
+    }
     try:
         import comfyui_version
+
         manifest["comfyui_version"] = comfyui_version.__version__
-    except Exception:
-        pass
+    except ImportError:
+        manifest["comfyui_version"] = None
     for name, seed in (("tiny_a.safetensors", 1), ("tiny_b.safetensors", 2)):
         manifest["checkpoints"][name] = build_checkpoint(os.path.join(ckpt_dir, name), seed)
-    import comfy.lora_convert  # noqa: F401
-
     unet_map, clip_map, weights, diffusers, _ = load_key_maps(os.path.join(ckpt_dir, "tiny_a.safetensors"))
     _, _, _, _, _ = load_key_maps(os.path.join(ckpt_dir, "tiny_b.safetensors"))  # detection check only
     tg = Targets(unet_map, clip_map, weights, diffusers)

@@ -1,0 +1,77 @@
+"""Fixtures for the real-ComfyUI integration tests.
+
+Without COMFYUI_PATH every test in this folder is reported as SKIPPED (see SETUP_COMFYUI.md).
+
+Environment:
+    COMFYUI_PATH             ComfyUI checkout (required for these tests)
+    COMFYUI_PYTHON           Python with ComfyUI's requirements (default: the interpreter running pytest)
+    LORA_STATE_COMFY_ASSETS  where the built checkpoints/LoRAs are kept between runs
+                             (default: <system temp>/lora_state_comfy_assets; rebuilt when build_assets.py changes)
+"""
+
+import os
+import sys
+import tempfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import comfy_harness
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of this folder as skipped, visibly, when COMFYUI_PATH is unset."""
+    if comfy_harness.comfy_paths() is not None:
+        return
+    marker = pytest.mark.skip(reason=comfy_harness.SKIP_REASON)
+    for item in items:
+        if str(item.fspath).startswith(HERE + os.sep):
+            item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def comfy_env():
+    """(COMFYUI_PATH, COMFYUI_PYTHON); skips the test when COMFYUI_PATH is unset."""
+    paths = comfy_harness.comfy_paths()
+    if paths is None:
+        pytest.skip(comfy_harness.SKIP_REASON)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def comfy_assets(comfy_env):
+    """Folder with models/checkpoints and models/loras (built once, reused while build_assets.py is unchanged).
+
+    Returns the folder path; its manifest is ``comfy_assets_manifest``.
+    """
+    dest = os.environ.get("LORA_STATE_COMFY_ASSETS") or os.path.join(tempfile.gettempdir(), "lora_state_comfy_assets")
+    comfy_harness.build_assets(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def comfy_assets_manifest(comfy_assets):
+    import json
+
+    with open(os.path.join(comfy_assets, "manifest.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def comfy_server(comfy_assets):
+    """Factory: ``server = comfy_server(**kwargs)`` starts a FRESH ComfyServer (kwargs go to ComfyServer);
+    every server started through it is stopped when the test ends."""
+    started = []
+
+    def start(**kwargs):
+        srv = comfy_harness.ComfyServer(comfy_assets, **kwargs)
+        started.append(srv)
+        srv.start()
+        return srv
+
+    yield start
+    for srv in reversed(started):
+        srv.stop()
