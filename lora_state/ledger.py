@@ -55,10 +55,6 @@ class KeyState:
         return self.drift / self.ulp if self.ulp else 0.0
 
 
-def fingerprint(tensor: torch.Tensor) -> tuple:
-    return (id(tensor), tensor.data_ptr(), tensor._version)
-
-
 @dataclass
 class Ledger:
     stack: tuple[AppliedLora, ...] = ()

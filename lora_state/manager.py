@@ -24,7 +24,7 @@ from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError
 from .files import LoraFileCache, finite_strength
 from .hosts import Host, TorchModuleHost
-from .ledger import AppliedLora, Contribution, KeyState, Ledger, StackEntry, fingerprint
+from .ledger import AppliedLora, Contribution, KeyState, Ledger, StackEntry
 from .naming import ResolvedLora
 from .planner import MODES, KeyPlan, Plan, make_plan
 
@@ -196,7 +196,11 @@ class LoraStateManager:
 
     # -- reconcile ------------------------------------------------------------------------------------------
     def reconcile(self, stack: StackLike | None, mode: str | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+                  progress: Callable[[int, int], None] | None = None,
+                  before_write: Callable[[], None] | None = None) -> ReconcileReport:
+        """Make the weights carry exactly `stack`. `progress(done, total)` is called per key written (raise from
+        it to abort: everything is rolled back); `before_write()` is called once, only if any weight will be
+        written (a host uses it to take its own patches off first)."""
         started = time.perf_counter()
         mode = mode or self.mode
         if mode not in MODES:
@@ -217,6 +221,8 @@ class LoraStateManager:
                 return report
             requested = self._contributions(requested_stack, resolved)
             plan = self._plan(mode, requested)
+            if plan.work and before_write is not None:
+                before_write()
             stats = self._apply(plan, progress)
             self._commit(plan, stats.drift, requested_stack, mode, signature)
             report.paths = plan.count()
@@ -295,7 +301,7 @@ class LoraStateManager:
             # apply_plan has already put every written key back: the ledger still describes the weights, only
             # the fingerprints must follow the rollback's own writes.
             message = f"{type(exc).__name__}: {exc}".strip(": ")
-            keys = {key: KeyState(s.contributors, s.drift, s.ulp, fingerprint(self.host.parameter(key)))
+            keys = {key: KeyState(s.contributors, s.drift, s.ulp, self._fingerprint(key))
                     for key, s in self.ledger.keys.items()}
             self.ledger = self.ledger.with_changes(keys=keys, last_error=f"rolled back after {message}")
             exc.add_note("LoRA State rolled the weights back to the previously applied stack; nothing was lost.")
@@ -307,6 +313,9 @@ class LoraStateManager:
         if self.drift_budget_ulps is not None:
             return float(self.drift_budget_ulps)
         return DEFAULT_DRIFT_BUDGET_ULPS.get(dtype, 0.0)
+
+    def _fingerprint(self, key: str) -> tuple:
+        return self.host.fingerprint(self.host.parameter(key))
 
     def _nbytes(self, key: str) -> int:
         tensor = self.host.parameter(key)
@@ -324,7 +333,7 @@ class LoraStateManager:
                 keys.pop(key_plan.key, None)
                 self.backups.drop(key_plan.key)   # back up only what an applied LoRA touches
             else:
-                keys[key_plan.key] = KeyState(key_plan.new, bound, unit, fingerprint(live))
+                keys[key_plan.key] = KeyState(key_plan.new, bound, unit, self.host.fingerprint(live))
         self.ledger = self.ledger.with_changes(stack=stack, keys=keys, mode=mode, last_error="",
                                                status="applied" if stack else "clean")
         self._request_signature = signature
@@ -349,7 +358,7 @@ class LoraStateManager:
     # -- external changes -----------------------------------------------------------------------------------
     def _changed_keys(self) -> list[str]:
         return [key for key, state in self.ledger.keys.items()
-                if state.fingerprint and fingerprint(self.host.parameter(key)) != state.fingerprint]
+                if state.fingerprint and self._fingerprint(key) != state.fingerprint]
 
     def _check_external_changes(self) -> None:
         changed = self._changed_keys()
@@ -360,7 +369,8 @@ class LoraStateManager:
                 f"reconcile again. Nothing was changed.")
 
     # -- reset ----------------------------------------------------------------------------------------------
-    def reset(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+    def reset(self, progress: Callable[[int, int], None] | None = None,
+              before_write: Callable[[], None] | None = None) -> ReconcileReport:
         """Bring every managed weight back to clean and empty the ledger (also after external changes)."""
         with self.lock:
             started = time.perf_counter()
@@ -376,8 +386,10 @@ class LoraStateManager:
                                        delta_terms=tuple((c.sha256, -c.strength) for c in state.contributors),
                                        base_drift=state.drift)
                 plan.keys.append(key_plan)
+            if plan.work and before_write is not None:
+                before_write()
             stats = self._apply(plan, progress)
-            residual = {key: KeyState((), bound, unit, fingerprint(self.host.parameter(key)))
+            residual = {key: KeyState((), bound, unit, self._fingerprint(key))
                         for key, (bound, unit) in stats.drift.items() if bound > 0.0}
             residual |= {key: state for key, state in self.ledger.keys.items()
                          if key not in stats.drift and state.drift > 0.0}   # drift left by earlier delta work

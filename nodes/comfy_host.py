@@ -1,0 +1,179 @@
+"""The lora_state host for ComfyUI models: ComfyUI's own key maps, adapters, calculate_weight and rounding.
+
+Using ComfyUI's code for everything numeric is what makes `exact` mode bit-identical to a chain of native
+LoraLoader nodes: the same patch tuples go through the same `comfy.lora.calculate_weight` on an fp32 copy of the
+same clean weight, rounded by `comfy.float.stochastic_rounding` with the same per-key seed.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+import comfy.float
+import comfy.lora
+import comfy.lora_convert
+import comfy.model_base
+import comfy.model_patcher
+import comfy.utils
+
+from ..lora_state.formats import WEIGHT_READERS, fits
+from ..lora_state.hosts import Host
+from ..lora_state.naming import Coverage, ResolvedLora, group_keys
+
+# Where each ComfyUI adapter keeps its dora_scale; an adapter with one is not linear in its strength.
+_DORA_INDEX = {"LoRAAdapter": 4, "LoHaAdapter": 7, "LoKrAdapter": 8}
+
+
+class ComfyPatch:
+    """One file's patch parts for one parameter key: (v, offset, function) as ComfyUI's add_patches stores them."""
+
+    __slots__ = ("parts", "numel")
+
+    def __init__(self, parts, numel):
+        self.parts = parts
+        self.numel = numel
+
+    @property
+    def linear(self) -> bool:
+        for v, offset, function in self.parts:
+            if function is not None:
+                return False
+            name = type(v).__name__
+            if name in _DORA_INDEX:
+                weights = getattr(v, "weights", ())
+                index = _DORA_INDEX[name]
+                if len(weights) > index and weights[index] is not None:
+                    return False
+            elif isinstance(v, tuple) and (len(v) == 1 or v[0] == "diff"):
+                continue
+            else:
+                return False     # GLoRA, OFT, BOFT, "set", ...: treat as non-linear (exact path only)
+        return True
+
+
+class ComfyModelHost(Host):
+    """Weights of one ComfyUI torch module: a BaseModel (UNet, model strength) or a text encoder (clip strength).
+
+    The module is held weakly so that ComfyUI can free it; `backup_of` returns ComfyUI's native backup dict so
+    that, while native patches are applied, this host reads and writes the clean base tensors underneath them.
+    """
+
+    def __init__(self, module: torch.nn.Module, is_clip: bool, backup_of=None):
+        self._module = weakref.ref(module)
+        self.is_clip = is_clip
+        self.label = ("CLIP " if is_clip else "MODEL ") + type(module).__name__
+        self._backup_of = backup_of or (lambda: {})
+        self._key_map = None
+        self._state_keys = None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the ComfyUI model this ledger belongs to was freed")
+        return module
+
+    def key_map(self) -> dict:
+        if self._key_map is None:
+            if self.is_clip:
+                self._key_map = comfy.lora.model_lora_keys_clip(self.module, {})
+            else:
+                self._key_map = comfy.lora.model_lora_keys_unet(self.module, {})
+        return self._key_map
+
+    def _keys(self) -> set:
+        if self._state_keys is None:
+            self._state_keys = set(self.module.state_dict().keys())
+        return self._state_keys
+
+    # -- parameters -------------------------------------------------------------------------------------
+    def parameter(self, key):
+        native = self._backup_of().get(key)
+        if native is not None:
+            return native.weight     # native patches are on: the clean base tensor is in ComfyUI's backup
+        return comfy.utils.get_attr(self.module, key)
+
+    def has_parameter(self, key):
+        return key in self._keys()
+
+    def resolve_prefix(self, prefix):
+        return None   # unused: read() resolves through ComfyUI's own key map
+
+    def fingerprint(self, tensor):
+        # ComfyUI legitimately swaps and moves these tensors (native patches, offloading): identity checks
+        # would raise false alarms. verify() still compares the weights with clean + stack.
+        return ()
+
+    # -- reading a file -----------------------------------------------------------------------------------
+    def read(self, lora_file) -> ResolvedLora:
+        key_map = self.key_map()
+        converted = comfy.lora_convert.convert_lora(dict(lora_file.tensors))
+        loaded = comfy.lora.load_lora(converted, key_map, log_missing=False)
+        coverage = Coverage()
+        self._check_shapes(converted, key_map, coverage)
+        bad = {entry.split(" -> ")[1].split(":")[0] for entry in coverage.shape_mismatched}
+        parts: dict[str, list] = {}
+        for target, v in loaded.items():
+            if isinstance(target, str):
+                key, offset, function = target, None, None
+            else:
+                key, offset = target[0], target[1]
+                function = target[2] if len(target) > 2 else None
+            if key not in self._keys() or key in bad:
+                continue
+            parts.setdefault(key, []).append((v, offset, function))
+        patches = {}
+        for key, key_parts in parts.items():
+            weight = self.parameter(key)
+            _, set_func, convert_func = comfy.model_patcher.get_key_weight(self.module, key)
+            if set_func is not None or convert_func is not None:
+                coverage.notes.append(f"{key}: quantized weight, left to ComfyUI's native patching")
+                continue
+            patches[key] = ComfyPatch(tuple(key_parts), weight.numel())
+            coverage.matched.append(key)
+        groups, unknown = group_keys(converted)
+        coverage.unknown_keys = unknown
+        coverage.unmatched = [prefix for prefix in groups if prefix not in key_map]
+        return ResolvedLora(lora_file.sha256, lora_file.name, lora_file.path, patches, coverage)
+
+    def _check_shapes(self, tensors, key_map, coverage: Coverage) -> None:
+        """Never apply a LoRA to a parameter it does not fit (e.g. an SDXL LoRA on SD1.5)."""
+        groups, _ = group_keys(tensors)
+        for prefix, group in groups.items():
+            target = key_map.get(prefix)
+            if not isinstance(target, str) or target not in self._keys():
+                continue      # offset/tuple targets (fused qkv) are checked by ComfyUI itself
+            alpha = float(group["alpha"].reshape(-1)[0]) if "alpha" in group else None
+            adapter = next((a for a in (read(group, alpha) for read in WEIGHT_READERS) if a is not None), None)
+            if adapter is None:
+                continue
+            shape = tuple(self.parameter(target).shape)
+            if not fits(adapter.natural_shape(), shape):
+                coverage.shape_mismatched.append(
+                    f"{prefix} -> {target}: LoRA shape {tuple(adapter.natural_shape())} vs parameter {shape}")
+
+    # -- math: ComfyUI's own ------------------------------------------------------------------------------
+    def is_linear(self, patch):
+        return patch.linear
+
+    def patch_flops(self, patch):
+        return patch.numel * len(patch.parts)
+
+    def error_gain(self, patch, weight, strength):
+        return 1.0 if patch.linear else float("inf")
+
+    def strength(self, entry):
+        return entry.strength_clip if self.is_clip else entry.strength_model
+
+    def combine(self, key, weight, contributions):
+        patches = [(strength, v, 1.0, offset, function)
+                   for patch, strength in contributions for v, offset, function in patch.parts]
+        return comfy.lora.calculate_weight(patches, weight, key, intermediate_dtype=torch.float32)
+
+    def round(self, key, value, dtype):
+        return comfy.float.stochastic_rounding(value, dtype, seed=comfy.model_patcher.string_to_seed(key))
+
+
+def is_clip_module(module) -> bool:
+    return not isinstance(module, comfy.model_base.BaseModel)

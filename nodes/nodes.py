@@ -1,0 +1,178 @@
+"""The three nodes. Thin: they translate ComfyUI inputs into registry/manager calls (see runtime.py)."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..lora_state import LoraStateError, StackEntry
+from ..lora_state.planner import MODES
+from .runtime import ATTACHMENT, REGISTRY, Request
+
+CATEGORY = "loaders/lora_state"
+SLOTS = 5
+NONE = "None"
+
+
+def lora_path(name: str) -> str:
+    """A LoRA name from ComfyUI's `loras` folders -> its file. Nothing else reaches the filesystem."""
+    if not isinstance(name, str) or not name:
+        raise LoraStateError(f"LoRA name must be a non-empty string, got {name!r}")
+    if name in folder_paths.get_filename_list("loras"):
+        return folder_paths.get_full_path_or_raise("loras", name)
+    # LoRA-Manager style stacks carry full paths: accept them only inside a configured loras folder.
+    real = os.path.realpath(name)
+    for root in folder_paths.get_folder_paths("loras"):
+        root = os.path.realpath(root)
+        if os.path.isabs(name) and os.path.commonpath([root, real]) == root and os.path.isfile(real):
+            return real
+    raise LoraStateError(
+        f"LoRA '{name}' is not in ComfyUI's loras folders ({', '.join(folder_paths.get_folder_paths('loras'))}). "
+        f"Put the file there (then press R / refresh), or remove it from the stack.")
+
+
+def stack_entries(lora_stack) -> tuple[StackEntry, ...]:
+    """LORA_STACK (list of (name, strength_model, strength_clip), the Efficiency/Comfyroll convention)."""
+    entries = []
+    for index, item in enumerate(lora_stack or ()):
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise LoraStateError(f"LORA_STACK entry {index} should be (lora_name, strength_model, strength_clip), "
+                                 f"got {item!r}")
+        name, strength_model = item[0], item[1]
+        strength_clip = item[2] if len(item) > 2 else strength_model
+        if name in (None, "", NONE):
+            continue
+        entries.append(StackEntry(lora_path(name), float(strength_model), float(strength_clip),
+                                  os.path.basename(str(name)) if os.path.isabs(str(name)) else str(name)))
+    return tuple(entries)
+
+
+class LoraStateStack:
+    """Pure data: builds a LORA_STACK. Touches no weights."""
+
+    DESCRIPTION = ("A list of LoRAs with model/clip strengths and on/off switches, as a LORA_STACK "
+                   "((name, strength_model, strength_clip) tuples, the Efficiency/Comfyroll convention). "
+                   "Chain several, or plug in a stack from another pack. Apply it with LoRA Reconcile.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LORA_STACK",)
+    RETURN_NAMES = ("lora_stack",)
+    OUTPUT_TOOLTIPS = ("The incoming stack followed by this node's enabled LoRAs.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = [NONE] + folder_paths.get_filename_list("loras")
+        optional = {"lora_stack": ("LORA_STACK", {"tooltip": "A stack to extend (from this or another pack)."})}
+        for slot in range(1, SLOTS + 1):
+            optional[f"lora_{slot}"] = (loras, {"default": NONE, "tooltip": "A LoRA from the loras folders."})
+            optional[f"strength_model_{slot}"] = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0,
+                                                            "step": 0.01, "tooltip": "Strength on the model."})
+            optional[f"strength_clip_{slot}"] = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0,
+                                                           "step": 0.01, "tooltip": "Strength on the text encoder."})
+            optional[f"on_{slot}"] = ("BOOLEAN", {"default": True, "tooltip": "Off: left out of the stack."})
+        return {"required": {}, "optional": optional}
+
+    def build(self, lora_stack=None, **slots):
+        stack = [tuple(entry) for entry in (lora_stack or [])]
+        for slot in range(1, SLOTS + 1):
+            name = slots.get(f"lora_{slot}", NONE)
+            if name in (None, NONE) or not slots.get(f"on_{slot}", True):
+                continue
+            stack.append((name, float(slots.get(f"strength_model_{slot}", 1.0)),
+                          float(slots.get(f"strength_clip_{slot}", 1.0))))
+        return (stack,)
+
+
+class LoraStateReconcile:
+    """Marks MODEL/CLIP with the requested stack and reconciles the shared weights to it."""
+
+    DESCRIPTION = ("Makes the model (and text encoder) carry exactly the LoRAs of the stack: unpatches LoRAs that "
+                   "were removed (also by deleting or bypassing nodes), re-weights changed ones, patches new ones, "
+                   "touching only the weights that must change. exact: bit-identical to native LoraLoader; delta: "
+                   "no backups, tiny drift; auto: picks per weight within a drift budget.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING")
+    RETURN_NAMES = ("model", "clip", "report")
+    OUTPUT_TOOLTIPS = ("The model with exactly the requested LoRAs.", "The text encoder with exactly the requested "
+                       "LoRAs (empty if no clip was connected).", "What changed, and how long it took.")
+    FUNCTION = "reconcile"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model to apply the stack to."}),
+                "mode": (list(MODES), {"default": "auto", "tooltip": "auto: fast and within 1-2 ulp; exact: "
+                                       "bit-identical to native; delta: no backup memory, small drift."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "The text encoder (clip strengths apply to it)."}),
+                "lora_stack": ("LORA_STACK", {"tooltip": "Absent or empty: no LoRAs (the model comes out clean)."}),
+            },
+        }
+
+    def reconcile(self, model, mode="auto", clip=None, lora_stack=None):
+        request = Request(stack_entries(lora_stack), mode)
+        lines = []
+        new_model = model.clone()
+        new_model.set_attachments(ATTACHMENT, request)
+        lines.append(_report_line("model", REGISTRY.sync(new_model)))
+        new_clip = None
+        if clip is not None:
+            new_clip = clip.clone()
+            new_clip.patcher.set_attachments(ATTACHMENT, request)
+            lines.append(_report_line("clip", REGISTRY.sync(new_clip.patcher)))
+        return (new_model, new_clip, "\n".join(lines))
+
+
+def _report_line(what: str, report) -> str:
+    if report is None:
+        return f"{what}: no LoRAs, nothing applied"
+    line = f"{what}: {report.summary()}"
+    unmatched = sorted({p for c in report.coverage.values() for p in c.get("unmatched", ())})
+    if unmatched:
+        line += f" ({len(unmatched)} LoRA keys do not belong to the {what})"
+    return line
+
+
+class LoraStateReset:
+    """Restores the clean weights of MODEL (and CLIP) and empties their ledgers."""
+
+    DESCRIPTION = "Brings the model (and text encoder) back to their clean weights and clears LoRA State's ledger."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CLIP")
+    RETURN_NAMES = ("model", "clip")
+    OUTPUT_TOOLTIPS = ("The clean model.", "The clean text encoder (empty if none was connected).")
+    FUNCTION = "reset"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}, "optional": {"clip": ("CLIP",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")     # a reset is an action: run it every time it is queued
+
+    def reset(self, model, clip=None):
+        empty = Request((), "auto")
+        new_model = model.clone()
+        new_model.set_attachments(ATTACHMENT, empty)
+        REGISTRY.reset(new_model)
+        new_clip = None
+        if clip is not None:
+            new_clip = clip.clone()
+            new_clip.patcher.set_attachments(ATTACHMENT, empty)
+            REGISTRY.reset(new_clip.patcher)
+        return (new_model, new_clip)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoraStateStack": LoraStateStack,
+    "LoraStateReconcile": LoraStateReconcile,
+    "LoraStateReset": LoraStateReset,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoraStateStack": "LoRA Stack",
+    "LoraStateReconcile": "LoRA Reconcile",
+    "LoraStateReset": "Reset Model (LoRA State)",
+}

@@ -1,0 +1,100 @@
+"""HTTP routes under /lora_state (also served under /api/lora_state) and the websocket event.
+
+No client string ever reaches the filesystem: managed models are addressed by server-made ids, LoRAs only by a
+name that must be in ComfyUI's own list of the `loras` folders.
+"""
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+import folder_paths
+
+from ..lora_state import LoraStateError
+from ..lora_state.manager import DEFAULT_FILE_CACHE
+from .runtime import EVENT, REGISTRY
+
+log = logging.getLogger("lora_state")
+PREFIX = "/lora_state"
+
+
+def _prompt_running(server) -> bool:
+    running, _ = server.prompt_queue.get_current_queue()
+    return bool(running)
+
+
+def _describe(managed) -> dict:
+    return {"id": managed.id, "kind": "clip" if managed.is_clip else "model"} | managed.manager.status()
+
+
+def _find(request_json) -> tuple:
+    managed_id = (request_json or {}).get("id")
+    managed = REGISTRY.by_id(managed_id) if isinstance(managed_id, str) else None
+    if managed is None:
+        known = [m.id for m in REGISTRY.managed()]
+        return None, web.json_response({"error": f"no managed model with id {managed_id!r}; known: {known}"},
+                                       status=404)
+    return managed, None
+
+
+def register(server) -> None:
+    routes = server.routes
+
+    @routes.get(PREFIX + "/ledger")
+    async def ledger(request):
+        return web.json_response({"models": [_describe(m) for m in REGISTRY.managed()]})
+
+    @routes.post(PREFIX + "/reset")
+    async def reset(request):
+        managed, error = _find(await _json(request))
+        if error:
+            return error
+        if _prompt_running(server):
+            return web.json_response({"error": "a prompt is running; reset when the queue is idle (nothing was "
+                                               "changed)"}, status=409)
+        # The registry lock also holds back a prompt that starts meanwhile until the reset is done.
+        report = REGISTRY.reset(managed=managed)
+        return web.json_response({"ok": True, "report": report.as_dict() if report else None,
+                                  "model": _describe(managed)})
+
+    @routes.post(PREFIX + "/verify")
+    async def verify(request):
+        managed, error = _find(await _json(request))
+        if error:
+            return error
+        if _prompt_running(server):
+            return web.json_response({"error": "a prompt is running; verify when the queue is idle"}, status=409)
+        with REGISTRY.lock:
+            report = managed.manager.verify()
+        return web.json_response(report.as_dict())
+
+    @routes.get(PREFIX + "/lora")
+    async def lora_info(request):
+        name = request.query.get("name", "")
+        if name not in folder_paths.get_filename_list("loras"):
+            return web.json_response({"error": "unknown LoRA name: use a name from the loras folders list"},
+                                     status=404)
+        path = folder_paths.get_full_path_or_raise("loras", name)
+        try:
+            loaded = DEFAULT_FILE_CACHE.load(path)
+        except LoraStateError as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        return web.json_response({"name": name, "sha256": loaded.sha256, "tensors": len(loaded.tensors),
+                                  "bytes": loaded.nbytes, "metadata_keys": sorted(loaded.metadata)})
+
+    REGISTRY.listeners.append(lambda event: _broadcast(server, event))
+
+
+def _broadcast(server, event: dict) -> None:
+    managed = REGISTRY.by_id(event.get("id"))
+    payload = {"id": event.get("id"), "event": event.get("event"), "summary": event.get("summary", ""),
+               "error": event.get("error"), "model": _describe(managed) if managed else None}
+    server.send_sync(EVENT, payload)
+
+
+async def _json(request):
+    try:
+        return await request.json()
+    except Exception:
+        return {}
