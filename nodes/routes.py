@@ -65,8 +65,7 @@ def register(server) -> None:
             return error
         if _prompt_running(server):
             return web.json_response({"error": "a prompt is running; verify when the queue is idle"}, status=409)
-        with REGISTRY.lock:
-            report = managed.manager.verify()
+        report = REGISTRY.verify(managed)
         return web.json_response(report.as_dict())
 
     @routes.get(PREFIX + "/lora")

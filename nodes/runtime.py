@@ -24,6 +24,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import torch
+
 import comfy.model_management
 import comfy.utils
 
@@ -68,6 +70,10 @@ class Registry:
         with self.lock:
             return sorted(self._by_module.values(), key=lambda m: m.created)
 
+    def verify(self, managed: Managed):
+        with self.lock, torch.inference_mode():
+            return managed.manager.verify()
+
     def by_id(self, managed_id: str) -> Managed | None:
         return next((m for m in self.managed() if m.id == managed_id), None)
 
@@ -99,7 +105,8 @@ class Registry:
         if not hasattr(patcher, "model") or not hasattr(patcher, "get_attachment"):
             return None
         request = patcher.get_attachment(ATTACHMENT)
-        with self.lock:
+        # ComfyUI loads weights as inference tensors: they may only be written in inference mode.
+        with self.lock, torch.inference_mode():
             managed = self._managed_for(patcher, create=bool(request and request.stack))
             if managed is None:
                 return None
@@ -111,7 +118,7 @@ class Registry:
 
     def reset(self, patcher=None, managed: Managed | None = None):
         """Restore the module's clean weights and empty its ledger."""
-        with self.lock:
+        with self.lock, torch.inference_mode():
             managed = managed or (self._managed_for(patcher, create=False) if patcher is not None else None)
             if managed is None:
                 return None

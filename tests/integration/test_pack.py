@@ -1,0 +1,257 @@
+"""The pack in a real ComfyUI server: same pictures as native, never stale, friendly, incremental, routes.
+
+One server ("ours") runs a long sequence of prompts with LoRA State nodes; every latent it produces is compared
+bit for bit with what a server that only ever runs native nodes ("reference") gives for the equivalent native
+prompt. Native LoraLoader is history-independent (test_harness_native proves it), so the reference server stands
+for a fresh server.
+"""
+import copy
+import time
+import urllib.error
+import urllib.parse
+
+import pytest
+import torch
+from comfy_harness import (
+    CKPT_NODE,
+    NEG_NODE,
+    POS_NODE,
+    SAMPLER_NODE,
+    SAVE_NODE,
+    ComfyServer,
+    attach_model_clip_node,
+    lora_problems,
+    native_prompt,
+    read_latent,
+)
+
+A, B = "kohya_lora_a.safetensors", "kohya_lora_b.safetensors"
+STACK_NODE, RECONCILE_NODE = "20", "21"
+_counter = iter(range(10_000))
+
+
+def ours_prompt(stack, mode="exact", ckpt="tiny_a.safetensors", seed=1234, reconcile=True):
+    """checkpoint -> LoRA Stack(s) -> LoRA Reconcile -> the sampler and both text encoders."""
+    prompt = native_prompt(ckpt, seed=seed, prefix=f"ours{next(_counter)}")
+    if not reconcile:
+        return prompt
+    source = None
+    for chunk_index in range(0, max(len(stack), 1), 5):
+        inputs = {} if source is None else {"lora_stack": source}
+        for slot, (name, sm, sc) in enumerate(stack[chunk_index:chunk_index + 5], start=1):
+            inputs |= {f"lora_{slot}": name, f"strength_model_{slot}": sm, f"strength_clip_{slot}": sc}
+        node = str(int(STACK_NODE) + 100 + chunk_index)
+        prompt[node] = {"class_type": "LoraStateStack", "inputs": inputs}
+        source = [node, 0]
+    return attach_model_clip_node(prompt, RECONCILE_NODE, "LoraStateReconcile", {"mode": mode, "lora_stack": source})
+
+
+def latent(server, prompt, node=SAVE_NODE):
+    return read_latent(server, server.run_prompt(prompt), node)
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_assets):
+    with ComfyServer(comfy_assets) as server:
+        assert server.pack_import_errors() == []
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference(comfy_assets):
+    with ComfyServer(comfy_assets) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def native(reference):
+    cache = {}
+
+    def get(loras=(), ckpt="tiny_a.safetensors", seed=1234):
+        key = (tuple(loras), ckpt, seed)
+        if key not in cache:
+            cache[key] = latent(reference, native_prompt(ckpt, loras=list(loras), seed=seed,
+                                                         prefix=f"ref{next(_counter)}"))
+        return cache[key]
+    return get
+
+
+def test_nodes_are_registered(ours):
+    info = ours.object_info()
+    assert info["LoraStateStack"]["display_name"] == "LoRA Stack"
+    assert info["LoraStateReconcile"]["display_name"] == "LoRA Reconcile"
+    assert info["LoraStateReset"]["display_name"] == "Reset Model (LoRA State)"
+    for node in ("LoraStateStack", "LoraStateReconcile", "LoraStateReset"):
+        assert info[node]["category"] == "loaders/lora_state"
+    assert info["LoraStateReconcile"]["output"] == ["MODEL", "CLIP", "STRING"]
+    assert info["LoraStateStack"]["output"] == ["LORA_STACK"]
+
+
+def test_exact_matches_native_chain_through_every_edit(ours, native):
+    """Point 1 and 2: each edit of the stack gives the native chain's latent, bit for bit, on one server."""
+    steps = [
+        [(A, 0.8, 0.6), (B, 1.0, 1.0)],          # two LoRAs
+        [(A, 0.8, 0.6), (B, 0.5, 1.0)],          # re-weight one
+        [(B, 0.5, 1.0), (A, 0.8, 0.6)],          # reorder
+        [(B, 0.5, 1.0)],                         # remove one
+        [],                                      # stack emptied
+        [(A, -0.7, 0.0)],                        # negative model strength, clip off
+        [(A, 1.0, 1.0), (A, 0.5, 0.5)],          # the same LoRA twice
+    ]
+    for stack in steps:
+        got = latent(ours, ours_prompt(stack, mode="exact"))
+        assert torch.equal(got, native(stack)), f"stack {stack} differs from the native chain"
+
+
+@pytest.mark.parametrize("lora", ["loha.safetensors", "lokr.safetensors", "dora.safetensors",
+                                  "locon_conv.safetensors", "peft_named.safetensors", "sub/nested_lora.safetensors"])
+def test_every_format_matches_native(ours, native, lora):
+    stack = [(lora, 0.9, 0.7)]
+    assert torch.equal(latent(ours, ours_prompt(stack, mode="exact")), native(stack))
+    assert lora_problems(ours.log_text()) == []
+
+
+def test_removed_node_leaves_nothing_behind(ours, native):
+    """Reconcile node deleted / bypassed / muted: the API prompt just lacks it; the plain model must be clean."""
+    for mode in ("auto", "exact"):
+        latent(ours, ours_prompt([(A, 1.0, 1.0), (B, 1.0, 1.0)], mode=mode))
+        assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))
+
+
+def test_plain_and_lora_samplers_in_one_prompt(ours, native):
+    """One loader; sampler 1 (and its text encoders) through LoRA Reconcile, sampler 2 on the plain model/CLIP."""
+    prompt = ours_prompt([(A, 1.0, 1.0)], mode="exact")
+    plain = {"40": copy.deepcopy(prompt[POS_NODE]), "41": copy.deepcopy(prompt[NEG_NODE]),
+             "42": copy.deepcopy(prompt[SAMPLER_NODE]), "43": copy.deepcopy(prompt[SAVE_NODE])}
+    plain["40"]["inputs"]["clip"] = plain["41"]["inputs"]["clip"] = [CKPT_NODE, 1]
+    plain["42"]["inputs"] |= {"model": [CKPT_NODE, 0], "positive": ["40", 0], "negative": ["41", 0]}
+    plain["43"]["inputs"] |= {"samples": ["42", 0], "filename_prefix": f"plain{next(_counter)}"}
+    prompt |= plain
+    for _ in range(2):      # twice: the second run starts from the other sampler's weights
+        entry = ours.run_prompt(prompt)
+        assert torch.equal(read_latent(ours, entry, SAVE_NODE), native([(A, 1.0, 1.0)]))
+        assert torch.equal(read_latent(ours, entry, "43"), native([]))
+        prompt[SAMPLER_NODE]["inputs"]["seed"] = 1234    # unchanged: only the save prefixes differ
+        prompt["43"]["inputs"]["filename_prefix"] = f"plain{next(_counter)}"
+        prompt[SAVE_NODE]["inputs"]["filename_prefix"] = f"ours{next(_counter)}"
+
+
+def test_lora_clip_and_plain_clip_in_one_prompt(ours, reference, native):
+    """The model has no LoRA; the positive prompt is encoded with the LoRA'd CLIP, the negative with the plain one."""
+    prompt = ours_prompt([(A, 0.0, 1.0)], mode="exact")
+    prompt[SAMPLER_NODE]["inputs"]["model"] = [CKPT_NODE, 0]
+    prompt[NEG_NODE]["inputs"]["clip"] = [CKPT_NODE, 1]
+    same_graph_native = native_prompt("tiny_a.safetensors", loras=[(A, 0.0, 1.0)], prefix=f"mix{next(_counter)}")
+    same_graph_native[SAMPLER_NODE]["inputs"]["model"] = [CKPT_NODE, 0]
+    same_graph_native[NEG_NODE]["inputs"]["clip"] = [CKPT_NODE, 1]
+    for _ in range(2):
+        got = latent(ours, prompt)
+        prompt[SAVE_NODE]["inputs"]["filename_prefix"] = f"mix{next(_counter)}"
+        assert torch.equal(got, latent(reference, same_graph_native))
+        assert not torch.equal(got, native([]))
+
+
+def test_checkpoint_switch_and_back(ours, native):
+    stack = [(A, 0.8, 0.8)]
+    assert torch.equal(latent(ours, ours_prompt(stack, ckpt="tiny_b.safetensors")), native(stack, "tiny_b.safetensors"))
+    assert torch.equal(latent(ours, ours_prompt([], ckpt="tiny_a.safetensors", reconcile=False)), native([]))
+    assert torch.equal(latent(ours, ours_prompt(stack)), native(stack))
+
+
+def test_native_lora_loader_mixed_with_ours(ours, native):
+    """A native LoraLoader after our node: its patches go on top of our base weights, then off again."""
+    prompt = ours_prompt([(A, 1.0, 1.0)], mode="exact")
+    prompt = attach_model_clip_node(prompt, "30", "LoraLoader", {"lora_name": B, "strength_model": 1.0,
+                                                                  "strength_clip": 1.0})
+    got = latent(ours, prompt)
+    expected = native([(A, 1.0, 1.0), (B, 1.0, 1.0)])
+    # fp32 UNet: same fp32 ops in the same order; the fp16 text encoder rounds once more between the two.
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    assert torch.equal(latent(ours, native_prompt("tiny_a.safetensors", loras=[(B, 1.0, 1.0)],
+                                                  prefix=f"nat{next(_counter)}")), native([(B, 1.0, 1.0)]))
+    assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))
+
+
+def _ledger(server):
+    return {m["kind"]: m for m in server.get("/lora_state/ledger")["models"]}
+
+
+def test_incremental_one_strength_and_noop(ours):
+    stack = [(A, 1.0, 1.0), (B, 1.0, 1.0)]
+    latent(ours, ours_prompt(stack, mode="exact"))
+    before = _ledger(ours)
+    latent(ours, ours_prompt([(A, 1.0, 1.0), (B, 0.5, 1.0)], mode="exact"))
+    change = _ledger(ours)["model"]["last_change"]
+    b_keys = before["model"]["keys_by_lora"]
+    b_sha = next(s for s in before["model"]["stack"] if s["name"] == B)["sha256"]
+    assert change["reweighted"] == [[B, 1.0, 0.5]] and change["keys_changed"] == b_keys[b_sha]
+    assert _ledger(ours)["clip"]["last_change"] == before["clip"]["last_change"]   # clip strengths unchanged
+    # Unchanged stack, new seed: the sampler re-runs, no weight is written.
+    mark = _ledger(ours)["model"]["last_change"]
+    latent(ours, ours_prompt([(A, 1.0, 1.0), (B, 0.5, 1.0)], mode="exact", seed=7))
+    assert _ledger(ours)["model"]["last_change"] == mark
+
+
+def test_reset_node(ours, native):
+    latent(ours, ours_prompt([(A, 1.0, 1.0)], mode="auto"))
+    prompt = ours_prompt([], reconcile=False)
+    prompt = attach_model_clip_node(prompt, "50", "LoraStateReset")
+    assert torch.equal(latent(ours, prompt), native([]))
+    assert _ledger(ours)["model"]["stack"] == [] and _ledger(ours)["model"]["backup_bytes"] == 0
+
+
+def test_routes(ours):
+    latent(ours, ours_prompt([(A, 1.0, 1.0)], mode="exact"))
+    models = ours.get("/lora_state/ledger")["models"]
+    model = next(m for m in models if m["kind"] == "model")
+    assert model["stack"][0]["name"] == A and model["backup_bytes"] > 0 and model["mode"] == "exact"
+    status, verify = ours.post("/lora_state/verify", {"id": model["id"]})
+    assert status == 200 and verify["ok"] and verify["max_ulps"] == 0
+    for bad in ("../../etc/passwd", "/etc/passwd", "..\\x.safetensors", "missing.safetensors", "not_a_lora.ckpt",
+                "%2e%2e/%2e%2e/etc/passwd"):
+        with pytest.raises(RuntimeError, match=r"-> (404|422)"):
+            ours.get("/lora_state/lora?name=" + urllib.parse.quote(bad))
+    info = ours.get("/lora_state/lora?name=" + A)
+    assert len(info["sha256"]) == 64
+    assert ours.post("/lora_state/reset", {"id": "model-999"})[0] == 404
+    assert ours.post("/lora_state/reset", {"id": ["not", "a", "string"]})[0] == 404
+    status, reset = ours.post("/lora_state/reset", {"id": model["id"]})
+    assert status == 200 and reset["ok"] and reset["model"]["stack"] == []
+
+
+def test_reset_route_refuses_during_a_running_prompt(ours):
+    latent(ours, ours_prompt([(A, 1.0, 1.0)], mode="exact"))
+    model_id = _ledger(ours)["model"]["id"]
+    slow = ours_prompt([(A, 1.0, 1.0)], mode="exact", seed=5)
+    slow[SAMPLER_NODE]["inputs"]["steps"] = 40
+    prompt_id = ours.queue_prompt(slow)
+    deadline = time.time() + 30
+    while time.time() < deadline and not ours.get("/queue")["queue_running"]:
+        time.sleep(0.05)
+    status, body = ours.post("/lora_state/reset", {"id": model_id})
+    assert status == 409 and "running" in body["error"]
+    ours.wait_history(prompt_id)
+    assert _ledger(ours)["model"]["stack"][0]["name"] == A      # the refused reset changed nothing
+
+
+def test_missing_lora_is_rejected_at_queue_time(ours):
+    with pytest.raises(Exception, match="does_not_exist"):
+        ours.queue_prompt(ours_prompt([("does_not_exist.safetensors", 1.0, 1.0)]))
+
+
+def test_auto_stays_close_and_cleans_up_exactly(ours, native):
+    for stack in ([(A, 1.0, 1.0), (B, 0.5, 0.5)], [(A, 0.3, 1.0), (B, 0.5, 0.5)], [(B, 0.5, 0.5)]):
+        torch.testing.assert_close(latent(ours, ours_prompt(stack, mode="auto")), native(stack),
+                                   rtol=1e-2, atol=1e-2)
+    assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))   # restored from clean copies
+
+
+def test_delta_mode_keeps_no_backups_and_drifts_boundedly(ours, native):
+    """Last, and on the second checkpoint: delta mode has no clean copies, so it leaves its (reported) drift."""
+    ckpt = "tiny_b.safetensors"
+    for stack in ([(A, 1.0, 1.0), (B, 0.5, 0.5)], [(A, 0.3, 1.0), (B, 0.5, 0.5)], [(B, 0.5, 0.5)], []):
+        got = latent(ours, ours_prompt(stack, mode="delta", ckpt=ckpt))
+        torch.testing.assert_close(got, native(stack, ckpt), rtol=1e-2, atol=1e-2)
+    delta_models = [m for m in ours.get("/lora_state/ledger")["models"] if m["mode"] == "delta"]
+    assert delta_models and all(m["backup_bytes"] == 0 for m in delta_models)
+    assert all(m["max_drift_ulps"] > 0 for m in delta_models)
