@@ -6,6 +6,7 @@ prompt. Native LoraLoader is history-independent (test_harness_native proves it)
 for a fresh server.
 """
 import copy
+import json
 import time
 import urllib.error
 import urllib.parse
@@ -283,3 +284,72 @@ def test_interrupt_during_reconcile_rolls_back(comfy_server, native):
         assert torch.equal(latent(server, ours_prompt([], reconcile=False)), native([]))
     assert torch.equal(latent(server, ours_prompt(many, mode="exact")), native(many))
     assert rolled_back >= 1, "no interrupt landed inside a reconcile; the delays need tuning for this machine"
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+    return load_file(path)
+
+
+def test_free_then_run_again(ours, native):
+    """ComfyUI's /free unloads models and clears caches: the next prompts reload and still get their weights."""
+    stack = [(A, 1.0, 1.0)]
+    latent(ours, ours_prompt(stack, mode="exact"))
+    ours.free()
+    assert torch.equal(latent(ours, ours_prompt(stack, mode="exact")), native(stack))
+    ours.free()
+    assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))
+
+
+def test_model_save_saves_the_lora_weights_like_native(ours, reference):
+    import glob
+    import os
+
+    def save(server, prompt, prefix):
+        prompt["60"] = {"class_type": "ModelSave", "inputs": {"model": prompt[SAMPLER_NODE]["inputs"]["model"],
+                                                              "filename_prefix": f"checkpoints/{prefix}"}}
+        server.run_prompt(prompt)
+        return _tensors(sorted(glob.glob(os.path.join(server.output_dir, "checkpoints", f"{prefix}*")))[-1])
+
+    ours_saved = save(ours, ours_prompt([(A, 0.8, 0.8)], mode="exact"), f"ours{next(_counter)}")
+    native_saved = save(reference, native_prompt("tiny_a.safetensors", loras=[(A, 0.8, 0.8)],
+                                                 prefix=f"ref{next(_counter)}"), f"ref{next(_counter)}")
+    assert ours_saved.keys() == native_saved.keys()
+    assert all(torch.equal(ours_saved[k], native_saved[k]) for k in ours_saved)
+    plain_saved = save(ours, ours_prompt([], reconcile=False), f"plain{next(_counter)}")
+    assert any(not torch.equal(plain_saved[k], ours_saved[k]) for k in ours_saved)   # the plain model is clean
+
+
+def test_model_merge_with_our_lora(ours, reference):
+    """ModelMergeSimple(model1 = tiny_a + our LoRA, model2 = tiny_b): same as with a native LoraLoader."""
+    def merged(server, prompt):
+        prompt["70"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_b.safetensors"}}
+        prompt["71"] = {"class_type": "ModelMergeSimple", "inputs": {
+            "model1": prompt[SAMPLER_NODE]["inputs"]["model"], "model2": ["70", 0], "ratio": 0.6}}
+        prompt[SAMPLER_NODE]["inputs"]["model"] = ["71", 0]
+        return latent(server, prompt)
+
+    got = merged(ours, ours_prompt([(A, 1.0, 1.0)], mode="exact"))
+    expected = merged(reference, native_prompt("tiny_a.safetensors", loras=[(A, 1.0, 1.0)],
+                                               prefix=f"ref{next(_counter)}"))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ledger_events_on_the_websocket(ours):
+    websocket = pytest.importorskip("websocket")
+    client = websocket.create_connection(ours.url.replace("http", "ws") + "/ws?clientId=lora_state_test", timeout=30)
+    try:
+        latent(ours, ours_prompt([(B, 0.7, 0.7)], mode="exact", seed=4321))
+        events = []
+        deadline = time.time() + 20
+        while time.time() < deadline and len(events) < 2:
+            message = client.recv()
+            if isinstance(message, str):
+                data = json.loads(message)
+                if data.get("type") == "lora_state.ledger":
+                    events.append(data["data"])
+        kinds = {event["model"]["kind"] for event in events}
+        assert kinds == {"model", "clip"}, events
+        assert all(B in event["summary"] and event["event"] == "reconcile" for event in events)
+    finally:
+        client.close()
