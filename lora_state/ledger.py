@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-import torch
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,19 @@ def register(server) -> None:
     async def ledger(request):
         return web.json_response({"models": [_describe(m) for m in REGISTRY.managed()]})
 
+    async def idle_target(request, action: str):
+        """The managed model named in the request, if no prompt is running (else an error response)."""
+        managed, error = _find(await _json(request))
+        if error is None and _prompt_running(server):
+            error = web.json_response({"error": f"a prompt is running; {action} when the queue is idle (nothing "
+                                                f"was changed)"}, status=409)
+        return managed, error
+
     @routes.post(PREFIX + "/reset")
     async def reset(request):
-        managed, error = _find(await _json(request))
+        managed, error = await idle_target(request, "reset")
         if error:
             return error
-        if _prompt_running(server):
-            return web.json_response({"error": "a prompt is running; reset when the queue is idle (nothing was "
-                                               "changed)"}, status=409)
         # The registry lock also holds back a prompt that starts meanwhile until the reset is done.
         report = REGISTRY.reset(managed=managed)
         return web.json_response({"ok": True, "report": report.as_dict() if report else None,
@@ -60,11 +65,9 @@ def register(server) -> None:
 
     @routes.post(PREFIX + "/verify")
     async def verify(request):
-        managed, error = _find(await _json(request))
+        managed, error = await idle_target(request, "verify")
         if error:
             return error
-        if _prompt_running(server):
-            return web.json_response({"error": "a prompt is running; verify when the queue is idle"}, status=409)
         report = REGISTRY.verify(managed)
         return web.json_response(report.as_dict())
 

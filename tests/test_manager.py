@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lora_factory import make_module, write_all, write_lora
+from lora_factory import make_module, write_all
 from lora_state import (ExternalChangeError, LoraStateError, LoraStateManager, StackError, ulp_distance)
 from lora_state.files import LoraFileCache
 
