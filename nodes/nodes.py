@@ -102,8 +102,9 @@ class LoraStateReconcile:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to apply the stack to."}),
-                "mode": (list(MODES), {"default": "auto", "tooltip": "auto: fast and within 1-2 ulp; exact: "
-                                       "bit-identical to native; delta: no backup memory, small drift."}),
+                "mode": (list(MODES), {"default": "auto", "tooltip": "auto: fast, re-bases from clean copies "
+                                       "within a drift budget set by the weight type (fp16/bf16: 2 ulp, fp32: 64 "
+                                       "ulp); exact: bit-identical to native; delta: no backup memory, small drift."}),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder (clip strengths apply to it)."}),
@@ -113,26 +114,30 @@ class LoraStateReconcile:
 
     def reconcile(self, model, mode="auto", clip=None, lora_stack=None):
         request = Request(stack_entries(lora_stack), mode)
-        lines = []
         new_model = model.clone()
         new_model.set_attachments(ATTACHMENT, request)
-        lines.append(_report_line("model", REGISTRY.sync(new_model)))
+        reports = {"model": REGISTRY.sync(new_model)}
         new_clip = None
         if clip is not None:
             new_clip = clip.clone()
             new_clip.patcher.set_attachments(ATTACHMENT, request)
-            lines.append(_report_line("clip", REGISTRY.sync(new_clip.patcher)))
-        return (new_model, new_clip, "\n".join(lines))
+            reports["clip"] = REGISTRY.sync(new_clip.patcher)
+        return (new_model, new_clip, report_text(reports))
 
 
-def _report_line(what: str, report) -> str:
-    if report is None:
-        return f"{what}: no LoRAs, nothing applied"
-    line = f"{what}: {report.summary()}"
-    unmatched = sorted({p for c in report.coverage.values() for p in c.get("unmatched", ())})
-    if unmatched:
-        line += f" ({len(unmatched)} LoRA keys do not belong to the {what})"
-    return line
+def report_text(reports: dict) -> str:
+    """One line per part, plus LoRA keys that neither the model nor the text encoder knows."""
+    lines = [f"{what}: {report.summary()}" if report else f"{what}: no LoRAs, nothing applied"
+             for what, report in reports.items()]
+    per_file: dict[str, list[set]] = {}
+    for report in filter(None, reports.values()):
+        for name, coverage in report.coverage.items():
+            per_file.setdefault(name, []).append(set(coverage.get("unmatched", ())))
+    for name, unmatched_sets in per_file.items():
+        unmatched = set.intersection(*unmatched_sets) if len(unmatched_sets) == len(reports) else set()
+        if unmatched:
+            lines.append(f"{name}: {len(unmatched)} keys match nothing in this model (first: {sorted(unmatched)[0]})")
+    return "\n".join(lines)
 
 
 class LoraStateReset:
@@ -147,7 +152,8 @@ class LoraStateReset:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",)}, "optional": {"clip": ("CLIP",)}}
+        return {"required": {"model": ("MODEL", {"tooltip": "The model to bring back to its clean weights."})},
+                "optional": {"clip": ("CLIP", {"tooltip": "The text encoder to bring back to its clean weights."})}}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):

@@ -5,6 +5,7 @@ name that must be in ComfyUI's own list of the `loras` folders.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -25,7 +26,10 @@ def _prompt_running(server) -> bool:
 
 
 def _describe(managed) -> dict:
-    return {"id": managed.id, "kind": "clip" if managed.is_clip else "model"} | managed.manager.status()
+    status = managed.manager.status()
+    for entry in status["stack"]:
+        entry.pop("path", None)      # server paths stay on the server: name and sha256 identify a LoRA
+    return {"id": managed.id, "kind": "clip" if managed.is_clip else "model"} | status
 
 
 def _find(request_json) -> tuple:
@@ -43,7 +47,9 @@ def register(server) -> None:
 
     @routes.get(PREFIX + "/ledger")
     async def ledger(request):
-        return web.json_response({"models": [_describe(m) for m in REGISTRY.managed()]})
+        # Off the event loop: the registry lock may be held by a prompt that is patching weights right now.
+        models = await asyncio.to_thread(lambda: [_describe(m) for m in REGISTRY.managed()])
+        return web.json_response({"models": models})
 
     async def idle_target(request, action: str):
         """The managed model named in the request, if no prompt is running (else an error response)."""
@@ -59,7 +65,7 @@ def register(server) -> None:
         if error:
             return error
         # The registry lock also holds back a prompt that starts meanwhile until the reset is done.
-        report = REGISTRY.reset(managed=managed)
+        report = await asyncio.to_thread(REGISTRY.reset, managed=managed)
         return web.json_response({"ok": True, "report": report.as_dict() if report else None,
                                   "model": _describe(managed)})
 
@@ -68,7 +74,7 @@ def register(server) -> None:
         managed, error = await idle_target(request, "verify")
         if error:
             return error
-        report = REGISTRY.verify(managed)
+        report = await asyncio.to_thread(REGISTRY.verify, managed)
         return web.json_response(report.as_dict())
 
     @routes.get(PREFIX + "/lora")
