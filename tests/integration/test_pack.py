@@ -88,6 +88,16 @@ def test_nodes_are_registered(ours):
     assert info["LoraStateStack"]["output"] == ["LORA_STACK"]
 
 
+def test_node_api_v3_by_default_and_v1_on_request(ours, comfy_server, native):
+    assert "registered through ComfyUI's V3 node API" in ours.log_text()
+    v1 = comfy_server(env={"LORA_STATE_NODE_API": "v1"})
+    assert "registered through ComfyUI's V1 node API" in v1.log_text() and v1.pack_import_errors() == []
+    assert v1.object_info("LoraStateReconcile")["display_name"] == "LoRA Reconcile"
+    stack = [(A, 0.8, 0.6)]
+    assert torch.equal(latent(v1, ours_prompt(stack, mode="exact")), native(stack))
+    assert torch.equal(latent(v1, ours_prompt([], reconcile=False)), native([]))
+
+
 def test_exact_matches_native_chain_through_every_edit(ours, native):
     """Point 1 and 2: each edit of the stack gives the native chain's latent, bit for bit, on one server."""
     steps = [
