@@ -72,6 +72,17 @@ class LoraStateStack:
             optional[f"on_{slot}"] = ("BOOLEAN", {"default": True, "tooltip": "Off: left out of the stack."})
         return {"required": {}, "optional": optional}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, **slots):
+        """Reject names that are not in the loras folders at queue time, saying where the files must be."""
+        known = set(folder_paths.get_filename_list("loras"))
+        for slot in range(1, SLOTS + 1):
+            name = slots.get(f"lora_{slot}", NONE)
+            if isinstance(name, str) and name not in (NONE, "") and name not in known:
+                return (f"lora_{slot}: LoRA '{name}' is not in ComfyUI's loras folders "
+                        f"({', '.join(folder_paths.get_folder_paths('loras'))}); put it there or pick another.")
+        return True
+
     def build(self, lora_stack=None, **slots):
         stack = [tuple(entry) for entry in (lora_stack or [])]
         for slot in range(1, SLOTS + 1):

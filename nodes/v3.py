@@ -40,6 +40,8 @@ def _v3_node(node_id: str, v1):
         return io.NodeOutput(*getattr(v1(), v1.FUNCTION)(**kwargs))
 
     members = {"define_schema": classmethod(define_schema), "execute": classmethod(execute)}
+    if hasattr(v1, "VALIDATE_INPUTS"):
+        members["validate_inputs"] = classmethod(lambda cls, **kwargs: v1.VALIDATE_INPUTS(**kwargs))
     if hasattr(v1, "IS_CHANGED"):
         members["fingerprint_inputs"] = classmethod(lambda cls, **kwargs: v1.IS_CHANGED(**kwargs))
     return type(node_id, (io.ComfyNode,), members)

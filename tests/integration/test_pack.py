@@ -245,9 +245,11 @@ def test_reset_route_refuses_during_a_running_prompt(ours):
     assert _ledger(ours)["model"]["stack"][0]["name"] == A      # the refused reset changed nothing
 
 
-def test_missing_lora_is_rejected_at_queue_time(ours):
-    with pytest.raises(Exception, match="does_not_exist"):
-        ours.queue_prompt(ours_prompt([("does_not_exist.safetensors", 1.0, 1.0)]))
+@pytest.mark.parametrize("api", ["v3", "v1"])
+def test_missing_lora_is_rejected_at_queue_time(ours, comfy_server, api):
+    server = ours if api == "v3" else comfy_server(env={"LORA_STATE_NODE_API": "v1"})
+    with pytest.raises(Exception, match="does_not_exist.*loras folders"):
+        server.queue_prompt(ours_prompt([("does_not_exist.safetensors", 1.0, 1.0)]))
 
 
 def test_auto_stays_close_and_cleans_up_exactly(ours, native):
