@@ -365,3 +365,24 @@ def test_ledger_events_on_the_websocket(ours):
         assert all(B in event["summary"] and event["event"] == "reconcile" for event in events)
     finally:
         client.close()
+
+
+def test_clip_hook_lora_on_top_of_ours(ours, reference, native):
+    """ComfyUI's hook LoRAs (CreateHookLora + SetClipHooks) patch the text encoder on top of our base weights."""
+    def hooked(prompt):
+        clip_source = prompt[POS_NODE]["inputs"]["clip"]
+        prompt["80"] = {"class_type": "CreateHookLora", "inputs": {"lora_name": B, "strength_model": 1.0,
+                                                                    "strength_clip": 1.0}}
+        prompt["81"] = {"class_type": "SetClipHooks", "inputs": {"clip": clip_source, "apply_to_conds": True,
+                                                                  "schedule_clip": False, "hooks": ["80", 0]}}
+        prompt[POS_NODE]["inputs"]["clip"] = prompt[NEG_NODE]["inputs"]["clip"] = ["81", 0]
+        return prompt
+
+    stack = [(A, 1.0, 1.0)]
+    for _ in range(2):
+        got = latent(ours, hooked(ours_prompt(stack, mode="exact")))
+        expected = latent(reference, hooked(native_prompt("tiny_a.safetensors", loras=stack,
+                                                          prefix=f"ref{next(_counter)}")))
+        torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+        assert not torch.equal(got, native(stack))          # the hook LoRA did act
+    assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))
