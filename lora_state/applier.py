@@ -8,6 +8,7 @@ recomputed from its clean backup when its old bits are reproducible, else from a
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -175,15 +176,30 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
         if out is not live:
             live.copy_(out)
         return
-    out = host.combine(key, start.to(torch.float32, copy=True), contributions)
-    live.copy_(host.round(key, out, live.dtype))
+    out = host.combine(key, _fp32_scratch(start).copy_(start), contributions)
+    host.write_rounded(key, live, out)
+
+
+_scratch = threading.local()
+
+
+def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
+    """A reused fp32 work buffer shaped like `like`. A fresh multi-MB allocation per key costs page faults that
+    take as long as the arithmetic itself on CPU; the buffer grows to the largest key and stays (per thread)."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < like.numel() or buffer.device != like.device:
+        buffer = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
+        _scratch.buffer = buffer
+    return buffer[: like.numel()].view(like.shape)
 
 
 def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchOf) -> torch.Tensor:
     """A clean copy recovered by subtracting the old (linear) contributions: needed only after delta-mode work."""
     terms = [(patch_of(c.sha256, key_plan.key), -c.strength) for c in key_plan.old]
     out = host.combine(key_plan.key, live.to(torch.float32, copy=True), terms)
-    return host.round(key_plan.key, out, live.dtype)
+    clean = torch.empty_like(live)
+    host.write_rounded(key_plan.key, clean, out)
+    return clean
 
 
 def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> None:

@@ -171,8 +171,9 @@ class ComfyModelHost(Host):
                    for patch, strength in contributions for v, offset, function in patch.parts]
         return comfy.lora.calculate_weight(patches, weight, key, intermediate_dtype=torch.float32)
 
-    def round(self, key, value, dtype):
-        return comfy.float.stochastic_rounding(value, dtype, seed=comfy.model_patcher.string_to_seed(key))
+    def write_rounded(self, key, target, value):
+        seed = comfy.model_patcher.string_to_seed(key)
+        target.copy_(comfy.float.stochastic_rounding(value, target.dtype, seed=seed))
 
 
 def is_clip_module(module) -> bool:

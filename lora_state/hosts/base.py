@@ -53,9 +53,10 @@ class Host:
             weight = patch.apply(weight, strength)
         return weight
 
-    def round(self, key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """fp32 result -> the weight's dtype (round to nearest even, as ComfyUI does for fp16/bf16)."""
-        return value.to(dtype)
+    def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
+        """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
+        the same bits as value.to(dtype) without a temporary: one pass over the weight instead of two."""
+        target.copy_(value)
 
     def fingerprint(self, tensor: torch.Tensor) -> tuple:
         """What must stay equal between our last write and the next reconcile; () disables the check."""
