@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -54,13 +54,13 @@ RUNNER_LABELS = {"exact": "exact", "delta": "delta", "auto": "auto", "full": "fu
 
 # diffusers UNet2DConditionModel configs (only the fields that differ from its defaults, which are SD1.5's).
 UNET_CONFIGS = {
-    "sd15": dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
-    "sdxl": dict(sample_size=128, block_out_channels=(320, 640, 1280),
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                 addition_embed_type="text_time", addition_time_embed_dim=256,
-                 projection_class_embeddings_input_dim=2816, use_linear_projection=True),
+    "sd15": {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
+    "sdxl": {"sample_size": 128, "block_out_channels": (320, 640, 1280),
+             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+             "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+             "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
+             "cross_attention_dim": 2048, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+             "projection_class_embeddings_input_dim": 2816, "use_linear_projection": True},
 }
 
 CYCLE_KEYS = ("down_blocks.0.attentions.0.proj_in.weight",
@@ -73,14 +73,16 @@ MODEL_SPECS = {
              "SD1.5 UNet: every Linear/Conv2d weight inside its 16 Transformer2DModels (kohya's default LoRA target)"),
     "sd15-level0": ("sd15", lambda key: key.startswith("down_blocks.0.attentions.0."),
                     "SD1.5 UNet: the Linear/Conv2d weights of down_blocks.0.attentions.0 (320 wide)"),
+    "sd15-level1": ("sd15", lambda key: key.startswith("down_blocks.1.attentions.0."),
+                    "SD1.5 UNet: the Linear/Conv2d weights of down_blocks.1.attentions.0 (640 wide)"),
     "sdxl-first": ("sdxl", lambda key: ".transformer_blocks." not in key or ".transformer_blocks.0." in key,
-                   "SDXL UNet: proj_in/proj_out and the first BasicTransformerBlock of each of its 11 "
-                   "Transformer2DModels (every distinct SDXL attention-layer shape)"),
+                   ("SDXL UNet: proj_in/proj_out and the first BasicTransformerBlock of each of its 11 "
+                    "Transformer2DModels (every distinct SDXL attention-layer shape)")),
     "sdxl": ("sdxl", lambda key: True,
              "SDXL UNet: every Linear/Conv2d weight inside its 11 Transformer2DModels (70 transformer blocks)"),
     "cycle": ("sd15", lambda key: key in CYCLE_KEYS,
-              "SD1.5 shapes, reduced for 1,000 switches: proj_in (1x1 conv 320x320), attn1.to_q (320x320), "
-              "attn2.to_k (320x768) of down_blocks.0.attentions.0"),
+              ("SD1.5 shapes, reduced for 1,000 switches: proj_in (1x1 conv 320x320), attn1.to_q (320x320), "
+               "attn2.to_k (320x768) of down_blocks.0.attentions.0")),
 }
 
 
@@ -99,12 +101,13 @@ class Profile:
 
 PROFILES = {
     "default": Profile("default", (("sd15", ("fp16", "bf16", "fp32")), ("sdxl-first", ("fp16",))),
-                       mixed=(("sd15", "fp16"),), peft=(("sd15", "fp16"), ("sd15", "bf16"), ("sd15", "fp32")),
-                       reps=3, cycles=1000, cycle_dtypes=("fp16", "bf16", "fp32"), noop=("sdxl", "bf16", 8),
-                       noop_runs=300),
-    "quick": Profile("quick", (("sd15-level0", ("fp16", "bf16", "fp32")),), mixed=(("sd15-level0", "fp16"),),
-                     peft=(("sd15-level0", "fp16"),), reps=3, cycles=100, cycle_dtypes=("fp16", "bf16", "fp32"),
-                     noop=("sdxl", "bf16", 1), noop_runs=100),
+                       mixed=(("sd15", "fp16"),), peft=(("sd15", "fp16"),), reps=3, cycles=1000,
+                       cycle_dtypes=("fp16", "bf16", "fp32"), noop=("sdxl", "bf16", 8), noop_runs=300),
+    # --quick: the 640-wide block of SD1.5 for the switches, and the no-op on SD1.5's full key set (setting up
+    # the SDXL key set alone, 2.2 G parameters, takes minutes on a small CPU machine).
+    "quick": Profile("quick", (("sd15-level1", ("fp16",)),), mixed=(),
+                     peft=(("sd15-level1", "fp16"),), reps=3, cycles=100, cycle_dtypes=("fp16", "bf16", "fp32"),
+                     noop=("sd15", "fp16", 8), noop_runs=200),
     "tiny": Profile("tiny", (("cycle", ("fp16", "fp32")),), mixed=(("cycle", "fp16"),), peft=(("cycle", "fp16"),),
                     reps=2, cycles=5, cycle_dtypes=("fp16", "bf16"), noop=("cycle", "fp16", 4), noop_runs=20),
 }
@@ -128,8 +131,16 @@ def machine_info() -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": _load(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "memory_bytes": memory, "device": "cpu"}
+
+
+def _load():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def _best_of(fn, runs: int) -> float:
@@ -156,7 +167,7 @@ def measure_machine(quick: bool) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- models
 
-@lru_cache(maxsize=None)
+@cache
 def unet_layers(arch: str) -> dict[str, tuple[int, ...]]:
     """Every Linear/Conv2d weight inside the UNet's Transformer2DModels: parameter key -> shape."""
     try:
@@ -644,7 +655,7 @@ def run_switching(model: str, dtype_name: str, stack_kind: str, use_peft: bool, 
         for rep in range(reps):
             order = runners[rep % len(runners):] + runners[:rep % len(runners)]
             for runner in order:
-                samples[runner.name].append(_timed(lambda: runner.switch(target)))
+                samples[runner.name].append(_timed(lambda r=runner, t=target: r.switch(t)))
             if rep == reps - 1:
                 oracle = oracles.get(target)
                 for runner in runners:
@@ -654,7 +665,7 @@ def run_switching(model: str, dtype_name: str, stack_kind: str, use_peft: bool, 
                     if isinstance(runner, ManagerRunner):
                         extras[runner.name + "_touched"] = runner.touched_bytes()
             for runner in order:
-                back[runner.name].append(_timed(lambda: runner.switch(base)))
+                back[runner.name].append(_timed(lambda r=runner: r.switch(base)))
         oracle = oracles.get(base)
         for runner in runners:
             after_back = compare(runner.weights(keys), oracle)
@@ -672,7 +683,7 @@ def run_switching(model: str, dtype_name: str, stack_kind: str, use_peft: bool, 
     noop = {}
     for runner in runners:
         if isinstance(runner, ManagerRunner):
-            noop[runner.name] = [_timed(lambda: runner.switch(base)) for _ in range(noop_runs)]
+            noop[runner.name] = [_timed(lambda r=runner: r.switch(base)) for _ in range(noop_runs)]
     oracle = oracles.get(base)
     for runner in runners:
         if isinstance(runner, ManagerRunner):
@@ -786,15 +797,13 @@ def run_noop(model: str, dtype_name: str, rank: int, runs: int, directory: str, 
            "apply_seconds": apply_seconds, "runs": runs, "modes": {}}
     for mode in MODES:
         manager.reconcile(stack, mode=mode)   # a mode change re-plans: every key is skipped, nothing written
-        samples = [_timed(lambda: manager.reconcile(stack, mode=mode)) for _ in range(runs)]
+        samples = [_timed(lambda m=mode: manager.reconcile(stack, mode=m)) for _ in range(runs)]
         report = manager.reconcile(stack, mode=mode)
         out["modes"][mode] = {"median_seconds": _median(samples), "min_seconds": min(samples),
                               "p90_seconds": sorted(samples)[int(0.9 * (len(samples) - 1))],
                               "noop_reported": report.noop}
         log(f"  no-op {mode:5s}: median {out['modes'][mode]['median_seconds'] * 1000:.3f} ms "
             f"(min {min(samples) * 1000:.3f} ms) over {runs} runs")
-    del manager, module
-    gc.collect()
     return out
 
 
@@ -919,13 +928,13 @@ def format_table(results: list[dict]) -> str:
 
 
 def format_cycles(cycles: list[dict]) -> str:
-    lines = [f"{'dtype':5s} {'runner':17s} {'ms/switch':>10s} {'key-ulp max':>12s} {'elem-ulp max':>13s} "
-             f"{'bit-identical':>14s}  (after N cycles of A->B->A)"]
+    lines = [(f"{'dtype':5s} {'runner':17s} {'ms/switch':>10s} {'key-ulp max':>12s} {'elem-ulp max':>13s} "
+              f"{'bit-identical':>14s}  (after N cycles of A->B->A)")]
     for block in cycles:
-        for name, r in block["runners"].items():
+        for r in block["runners"].values():
             lines.append(f"{block['dtype']:5s} {r['label']:17s} {r['seconds_per_switch'] * 1000:10.3f} "
                          f"{r['key_ulps_max'][-1]:12.3g} {r['element_ulps_max'][-1]:13.3g} "
-                         f"{str(r['bit_identical'][-1]):>14s}  N={r['cycles'][-1]}")
+                         f"{r['bit_identical'][-1]!s:>14s}  N={r['cycles'][-1]}")
     return "\n".join(lines)
 
 
@@ -943,6 +952,53 @@ def format_targets(targets: list[dict]) -> str:
         if t.get("failures"):
             detail += f" failures: {t['failures'][:3]}"
         lines.append(f"[{'MET ' if t['met'] else 'MISS'}] {t['target']}{detail}")
+    return "\n".join(lines)
+
+
+def format_markdown(data: dict) -> str:
+    """The tables of docs/mechanism.md: switching (r32 stack), cycles, no-op, targets."""
+    machine = data["machine"]
+    lines = [(f"Measured on {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
+              f"torch {machine['torch']}, fp32 GEMM {machine['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, copy "
+              f"bandwidth {machine['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; `{data['profile']}` profile, "
+              f"{data['reps']} timed runs per scenario (median), {data['created']}."), ""]
+    fulls = {(e["model"], e["dtype"], e["stack"], e["scenario"]): e for e in data["results"] if e["runner"] == "full"}
+    lines += [("| model | dtype | stack | scenario | runner | seconds | x full re-patch | key-ulp max | elem-ulp max "
+               "| bit-identical | extra MiB | lower bound s | x bound |"), "|" + "---|" * 13]
+    for e in data["results"]:
+        full = fulls.get((e["model"], e["dtype"], e["stack"], e["scenario"]))
+        ratio = f"{full['seconds'] / e['seconds']:.2f}" if full and full["seconds"] and e["seconds"] else "-"
+        err = e["error"]
+        bound = e["lower_bound"]["seconds"]
+        lines.append(
+            f"| {e['model']} | {e['dtype']} | {e['stack']} | {e['scenario']} | {e['label']} | "
+            f"{e['seconds']:.4g} | {ratio} | " if e["seconds"] is not None else
+            f"| {e['model']} | {e['dtype']} | {e['stack']} | {e['scenario']} | {e['label']} | - | - | ")
+        lines[-1] += ("- | - | - | " if err is None else
+                      f"{err['key_ulps_max']:.3g} | {err['element_ulps_max']:.3g} | "
+                      f"{'yes' if err['bit_identical'] else 'no'} | ")
+        lines[-1] += (f"{e['extra_bytes'] / 2**20:.0f} | {bound:.3g} | "
+                      f"{e['seconds'] / bound:.1f} |" if bound and e["seconds"] else
+                      f"{e['extra_bytes'] / 2**20:.0f} | {bound:.3g} | - |")
+    if data.get("cycles"):
+        lines += ["", "| dtype | runner | ms per switch | key-ulp max | elem-ulp max | bit-identical | after cycles |",
+                  "|---|---|---|---|---|---|---|"]
+        for block in data["cycles"]:
+            for r in block["runners"].values():
+                lines.append(f"| {block['dtype']} | {r['label']} | {r['seconds_per_switch'] * 1000:.2f} | "
+                             f"{r['key_ulps_max'][-1]:.3g} | {r['element_ulps_max'][-1]:.3g} | "
+                             f"{'yes' if r['bit_identical'][-1] else 'no'} | {r['cycles'][-1]} |")
+    noop = data.get("noop")
+    if noop:
+        lines += ["", f"No-op on {noop['model']} {noop['dtype']} ({noop['keys']} keys, {noop['parameters'] / 1e9:.2f} "
+                      f"G parameters, 5 LoRAs of rank {noop['rank']}): " +
+                  ", ".join(f"{m} {v['median_seconds'] * 1000:.2f} ms" for m, v in noop["modes"].items()) +
+                  " (median)."]
+    lines += ["", "| target | met | worst |", "|---|---|---|"]
+    for t in data["targets"]:
+        worst = t.get("worst")
+        lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | "
+                     f"{'' if worst is None else f'{worst:.4g}'} {t.get('worst_case', '')} |")
     return "\n".join(lines)
 
 
@@ -965,6 +1021,7 @@ def make_plots(data: dict, directory: str) -> list[str]:
                 ax.plot(r["cycles"], r["element_ulps_max"], ls=":", color=colors[name], alpha=0.7)
             ax.set_xscale("log")
             ax.set_yscale("symlog", linthresh=0.5)
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("A -> B -> A cycles")
             ax.set_title(f"{block['dtype']}: max error vs exact oracle")
             ax.set_ylabel("ulps (solid: key scale, dotted: per element)")
@@ -1029,6 +1086,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write error_vs_switches.png and switch_time.png (needs matplotlib) and results JSON")
     parser.add_argument("--from-json", metavar="PATH", default=None,
                         help="only redraw the plots (and tables) from an earlier JSON result")
+    parser.add_argument("--markdown", metavar="PATH", default=None, help="also write the tables as Markdown")
     parser.add_argument("--reps", type=int, default=None, help="timed runs per scenario (median)")
     parser.add_argument("--cycles", type=int, default=None, help="A -> B -> A cycles (default 1000; --quick 100)")
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT fuse/unfuse baseline")
@@ -1063,7 +1121,8 @@ def run(profile: Profile, *, reps: int | None = None, cycles: int | None = None,
             shapes = model_shapes(model)
             models[model] = {"description": MODEL_SPECS[model][2], "keys": len(shapes),
                              "parameters": sum(_numel(s) for s in shapes.values())}
-            results += run_switching(model, dtype, kind, use_peft and (model, dtype) in profile.peft, reps, machine,
+            peft_here = use_peft and kind == "r32" and (model, dtype) in profile.peft
+            results += run_switching(model, dtype, kind, peft_here, reps, machine,
                                      directory, cache, log)
             cache.clear()
         shapes = model_shapes("cycle")
@@ -1105,6 +1164,7 @@ def run(profile: Profile, *, reps: int | None = None, cycles: int | None = None,
         },
         "results": results, "cycles": cycle_results, "noop": noop,
     }
+    data["machine"]["load_average_at_end"] = _load()
     data["targets"] = evaluate_targets(results, cycle_results, noop)
     data["seconds_total"] = time.perf_counter() - started
     return data
@@ -1125,8 +1185,15 @@ def print_report(data: dict, out=print) -> None:
     out("")
     out("Targets:")
     out(format_targets(data["targets"]))
-    out(f"\n{data['profile']} run, {data['seconds_total']:.0f} s total, on {data['machine']['cpu']} "
-        f"({data['machine']['torch_threads']} torch threads, torch {data['machine']['torch']})")
+    machine = data["machine"]
+    out(f"\n{data['profile']} run, {data['seconds_total']:.0f} s total, on {machine['cpu']} "
+        f"({machine['cores']} cores, {machine['torch_threads']} torch threads, torch {machine['torch']}); load "
+        f"average {machine.get('load_average_at_start')} at start, {machine.get('load_average_at_end')} at end")
+    loads = [x for x in (machine.get("load_average_at_start") or [])[:1] + (machine.get("load_average_at_end")
+                                                                            or [])[:1]]
+    if any(load > (machine.get("cores") or 1) for load in loads):
+        out("note: other processes were competing for the CPU during this run: absolute times are inflated; the "
+            "ratios come from interleaved runs and are less affected")
 
 
 def main(args=None) -> int:
@@ -1150,6 +1217,10 @@ def main(args=None) -> int:
         with open(json_path, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1, default=str)
         print(f"wrote {json_path}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as handle:
+            handle.write(format_markdown(data) + "\n")
+        print(f"wrote {args.markdown}")
     if args.plots:
         for path in make_plots(data, args.plots):
             print(f"wrote {path}")

@@ -16,6 +16,7 @@ class TorchModuleHost(Host):
         self.module = module
         self._modules = None
         self._by_underscore = None
+        self._owners: dict[str, tuple] = {}   # key -> (owning module, attribute): no tree walk per lookup
 
     def _index(self):
         if self._modules is None:
@@ -30,11 +31,15 @@ class TorchModuleHost(Host):
         return self._params
 
     def parameter(self, key):
-        params = self._index()
-        tensor = params[key]
-        # Re-read through the module so a Parameter replaced by someone else is seen as such.
-        owner, _, leaf = key.rpartition(".")
-        return getattr(self.module.get_submodule(owner), leaf) if owner else getattr(self.module, leaf, tensor)
+        owner = self._owners.get(key)
+        if owner is None:
+            self._index()[key]   # KeyError for unknown keys
+            path, _, leaf = key.rpartition(".")
+            owner = self._owners[key] = (self.module.get_submodule(path) if path else self.module, leaf)
+        module, leaf = owner
+        # Read through the owning module each time, so a Parameter replaced by someone else is seen as such.
+        tensor = module._parameters.get(leaf)
+        return tensor if tensor is not None else getattr(module, leaf)
 
     def has_parameter(self, key):
         return key in self._index()

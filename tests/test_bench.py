@@ -1,0 +1,81 @@
+"""Smoke test of the benchmark on a tiny profile: the JSON it writes and the exact-mode claim. Not a timed test:
+no timing is asserted (the machines are noisy; the benchmark reports its targets, it does not assert them)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from lora_state import bench
+from lora_state.__main__ import main as cli
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny tensors: one thread is faster and immune to a busy machine
+    try:
+        assert cli(["bench", "--profile", "tiny", "--quiet", "--json", str(out / "bench.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open(out / "bench.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_json_structure(result):
+    assert result["profile"] == "tiny"
+    for field in ("cpu", "cores", "torch", "torch_threads", "matmul_flops_per_s", "bandwidth_bytes_per_s"):
+        assert field in result["machine"]
+    assert result["machine"]["matmul_flops_per_s"] > 0 and result["machine"]["bandwidth_bytes_per_s"] > 0
+    scenarios = {row["scenario"] for row in result["results"]}
+    assert scenarios == {"strength", "strength-half", "remove", "add", "no-op", "reset"}
+    runners = {row["runner"] for row in result["results"]}
+    assert runners == {"exact", "delta", "auto", "full", "peft"}
+    for row in result["results"]:
+        assert {"model", "dtype", "stack", "seconds", "samples", "error", "extra_bytes", "lower_bound"} <= set(row)
+        assert {"seconds", "flops", "bytes"} <= set(row["lower_bound"])
+        if row["error"] is not None:
+            assert {"bit_identical", "key_ulps_max", "key_ulps_mean", "element_ulps_max",
+                    "element_ulps_mean"} <= set(row["error"])
+    assert {c["dtype"] for c in result["cycles"]} == {"fp16", "bf16"}
+    for block in result["cycles"]:
+        assert set(block["runners"]) == {"exact", "delta", "auto", "full", "peft"}
+        for series in block["runners"].values():
+            assert series["cycles"][-1] == block["cycles"]
+            assert len(series["key_ulps_max"]) == len(series["cycles"])
+    assert set(result["noop"]["modes"]) == {"exact", "delta", "auto"}
+    assert all(m["noop_reported"] for m in result["noop"]["modes"].values())
+    assert all({"target", "met"} <= set(t) for t in result["targets"])
+    assert bench.format_table(result["results"])
+
+
+def test_exact_is_bit_identical_everywhere(result):
+    exact = [row for row in result["results"] if row["runner"] in ("exact", "full") and row["error"] is not None]
+    assert exact
+    for row in exact:
+        assert row["error"]["bit_identical"], row
+        assert row["error"]["key_ulps_max"] == 0.0
+        assert row.get("error_after_back", {"bit_identical": True})["bit_identical"], row
+    for block in result["cycles"]:
+        assert all(block["runners"]["exact"]["bit_identical"])
+    target = next(t for t in result["targets"] if t["target"].startswith("exact bit-identical"))
+    assert target["met"]
+
+
+def test_memory_claims(result):
+    for row in result["results"]:
+        if row["runner"] == "delta":
+            assert row["extra_bytes"] == 0
+        if row["runner"] == "exact" and "touched_bytes" in row:
+            assert row["extra_bytes"] <= row["touched_bytes"]
+
+
+def test_plots_from_json(result, tmp_path):
+    pytest.importorskip("matplotlib")
+    written = bench.make_plots(result, str(tmp_path))
+    assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["error_vs_switches.png", "switch_time.png"]
