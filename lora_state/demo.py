@@ -133,5 +133,6 @@ def run(out=print) -> dict:
                 out(f"    reset(): weights bit-identical to the clean model: {back}")
                 results["reset_bit_identical"] = back
         out("\nexact: bit-identical to computing from scratch, backups of touched keys only; delta: no backups, "
-            "drift grows and is reported; auto (default): delta steps within a 1-ulp budget, exact otherwise.")
+            "drift grows and is reported; auto (default): delta steps within a drift budget per dtype (fp16/bf16: 2 ulp, "
+            "fp32: 64 ulp), exact otherwise.")
         return results
