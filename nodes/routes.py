@@ -85,7 +85,7 @@ def register(server) -> None:
                                      status=404)
         path = folder_paths.get_full_path_or_raise("loras", name)
         try:
-            loaded = DEFAULT_FILE_CACHE.load(path)
+            loaded = await asyncio.to_thread(DEFAULT_FILE_CACHE.load, path)   # hashes and parses: off the loop
         except LoraStateError as exc:
             return web.json_response({"error": str(exc)}, status=422)
         return web.json_response({"name": name, "sha256": loaded.sha256, "tensors": len(loaded.tensors),

@@ -100,7 +100,7 @@ class Registry:
                 log.exception("LoRA State event listener failed")
 
     # -- the one operation --------------------------------------------------------------------------------
-    def sync(self, patcher, progress_bar: bool = True):
+    def sync(self, patcher):
         """Reconcile `patcher`'s module to `patcher`'s request. Returns the report, or None if never managed."""
         if not hasattr(patcher, "model") or not hasattr(patcher, "get_attachment"):
             return None
@@ -113,7 +113,7 @@ class Registry:
             managed.last_patcher = weakref.ref(patcher)
             stack = request.stack if request else ()
             mode = request.mode if request else managed.manager.ledger.mode
-            return managed.manager.reconcile(stack, mode=mode, progress=_progress(progress_bar),
+            return managed.manager.reconcile(stack, mode=mode, progress=_progress(),
                                              before_write=functools.partial(_take_native_patches_off, patcher))
 
     def reset(self, patcher=None, managed: Managed | None = None):
@@ -123,7 +123,7 @@ class Registry:
             if managed is None:
                 return None
             owner = patcher if patcher is not None else managed.patcher()
-            return managed.manager.reset(progress=_progress(True),
+            return managed.manager.reset(progress=_progress(),
                                          before_write=functools.partial(_take_native_patches_off, owner))
 
 
@@ -134,9 +134,7 @@ def _take_native_patches_off(patcher) -> None:
         patcher.unpatch_model(unpatch_weights=True)
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
+def _progress():
     state = {}
 
     def update(done: int, total: int) -> None:
