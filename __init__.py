@@ -20,13 +20,18 @@ if folder_paths is None:
 else:
     from . import nodes as _nodes   # installs the model-load hook and the routes
 
-    try:
-        if os.environ.get("LORA_STATE_NODE_API", "").lower() == "v1":
-            raise ImportError("V1 requested")
-        from .nodes.v3 import comfy_entrypoint
+    api, why = "v3", ""
+    if os.environ.get("LORA_STATE_NODE_API", "").lower() == "v1":
+        api, why = "v1", "LORA_STATE_NODE_API=v1"
+    else:
+        try:
+            from .nodes.v3 import comfy_entrypoint
+        except Exception as exc:   # no V3 API, or one whose names moved: the V1 nodes are the same nodes
+            api, why = "v1", f"V3 node API unavailable: {type(exc).__name__}: {exc}"
+    if api == "v3":
         __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
         logging.getLogger("lora_state").info("LoRA State: nodes registered through ComfyUI's V3 node API")
-    except ImportError:
+    else:
         from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
         __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
-        logging.getLogger("lora_state").info("LoRA State: nodes registered through ComfyUI's V1 node API")
+        logging.getLogger("lora_state").info("LoRA State: nodes registered through ComfyUI's V1 node API (%s)", why)

@@ -6,7 +6,7 @@
     manager.applied; manager.verify(); manager.reset()
 """
 from .errors import (BackupBudgetError, ExternalChangeError, LoraFileError, LoraShapeError, LoraStateError,
-                     ReconcileAborted, StackError)
+                     ReconcileAborted, StackError, UnownedStorageError)
 from .files import LoraFileCache
 from .hosts import Host, TorchModuleHost
 from .ledger import AppliedLora, StackEntry
@@ -14,5 +14,5 @@ from .manager import LoraStateManager, ReconcileReport, VerifyReport, ulp_distan
 
 __all__ = ["LoraStateManager", "ReconcileReport", "VerifyReport", "StackEntry", "AppliedLora", "Host",
            "TorchModuleHost", "LoraFileCache", "LoraStateError", "LoraFileError", "LoraShapeError", "StackError",
-           "BackupBudgetError", "ExternalChangeError", "ReconcileAborted", "ulp_distance"]
+           "BackupBudgetError", "ExternalChangeError", "ReconcileAborted", "UnownedStorageError", "ulp_distance"]
 __version__ = "0.1.0"

@@ -27,3 +27,7 @@ class ExternalChangeError(LoraStateError):
 
 class ReconcileAborted(LoraStateError):
     """The reconcile was interrupted or failed while writing and was rolled back."""
+
+
+class UnownedStorageError(LoraStateError):
+    """A weight LoRA State would write lives in memory it does not own (read-only or file-backed)."""

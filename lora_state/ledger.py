@@ -58,6 +58,8 @@ class KeyState:
 class Ledger:
     stack: tuple[AppliedLora, ...] = ()
     keys: dict[str, KeyState] = field(default_factory=dict)
+    # Keys the host's own patching applies for us (LoRA State writes nothing there): key -> contributors.
+    patch_keys: dict[str, tuple[Contribution, ...]] = field(default_factory=dict)
     status: str = "clean"            # clean | applied
     last_error: str = ""             # set when the last operation failed and was rolled back
     mode: str = "auto"
@@ -67,15 +69,29 @@ class Ledger:
     def with_changes(self, **changes) -> "Ledger":
         return replace(self, changed_at=time.time(), **changes)
 
+    @property
+    def backend(self) -> str:
+        """Where the applied LoRAs live: "in place" (written by LoRA State), "patches" (carried as the host's own
+        patches), "mixed", or "none"."""
+        in_place = any(k.contributors for k in self.keys.values())
+        if in_place and self.patch_keys:
+            return "mixed"
+        return "in place" if in_place else "patches" if self.patch_keys else "none"
+
     def as_dict(self) -> dict:
         return {
             "status": self.status,
             "mode": self.mode,
             "stack": [{"name": a.name, "path": a.path, "sha256": a.sha256, "strength": a.strength,
                        "strength_model": a.strength_model, "strength_clip": a.strength_clip} for a in self.stack],
-            "keys_touched": sum(1 for k in self.keys.values() if k.contributors),
+            "backend": self.backend,
+            "keys_touched": sum(1 for k in self.keys.values() if k.contributors) + len(self.patch_keys),
+            "keys_in_place": sum(1 for k in self.keys.values() if k.contributors),
+            "keys_as_patches": len(self.patch_keys),
             "keys_by_lora": {a.sha256: sum(1 for k in self.keys.values()
                                            if any(c.sha256 == a.sha256 for c in k.contributors))
+                             + sum(1 for contributors in self.patch_keys.values()
+                                   if any(c.sha256 == a.sha256 for c in contributors))
                              for a in self.stack},
             "max_drift_ulps": max((k.drift_ulps for k in self.keys.values()), default=0.0),
             "last_change": self.last_change,

@@ -15,15 +15,16 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 
 from .applier import apply_plan, exact_value, predicted_step_ulps, ulp_at_max
 from .backups import BackupStore
-from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError
+from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError, UnownedStorageError
 from .files import LoraFileCache, finite_strength
 from .hosts import Host, TorchModuleHost
+from .hosts.storage import MemoryMap
 from .ledger import AppliedLora, Contribution, KeyState, Ledger, StackEntry
 from .naming import ResolvedLora
 from .planner import MODES, KeyPlan, Plan, make_plan
@@ -47,6 +48,9 @@ class ReconcileReport:
     reweighted: list[tuple[str, float, float]] = field(default_factory=list)
     reordered: bool = False
     paths: dict[str, int] = field(default_factory=dict)   # keys per path: exact/delta/restore/relabel
+    backend: str = "none"                                 # see Ledger.backend
+    keys_as_patches: int = 0                              # keys the host's own patching applies for us
+    carried_because: str = ""                             # why, e.g. "40 quantized weight, 2 ..."
     keys_changed: int = 0
     bytes_written: int = 0
     backup_bytes: int = 0
@@ -71,13 +75,18 @@ class ReconcileReport:
         if self.reordered:
             parts.append("reordered")
         paths = ", ".join(f"{n} {p}" for p, n in sorted(self.paths.items()))
-        return (f"[{self.mode}] {'; '.join(parts) or 'no stack change'}: {self.keys_changed} keys written "
-                f"({paths or 'none'}), {self.bytes_written / 2**20:.1f} MiB, backups {self.backup_bytes / 2**20:.1f} "
-                f"MiB, max drift {self.max_drift_ulps:g} ulp, {self.seconds:.3f} s")
+        carried = f", {self.keys_as_patches} keys as patches" if self.keys_as_patches else ""
+        if self.keys_as_patches and self.carried_because:
+            carried += f" ({self.carried_because})"
+        return (f"[{self.mode}, {self.backend}] {'; '.join(parts) or 'no stack change'}: {self.keys_changed} keys "
+                f"written ({paths or 'none'}){carried}, {self.bytes_written / 2**20:.1f} MiB, backups "
+                f"{self.backup_bytes / 2**20:.1f} MiB, max drift {self.max_drift_ulps:g} ulp, {self.seconds:.3f} s")
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "added": self.added, "removed": self.removed,
                 "reweighted": [list(r) for r in self.reweighted], "reordered": self.reordered, "paths": self.paths,
+                "backend": self.backend, "keys_as_patches": self.keys_as_patches,
+                "carried_because": self.carried_because,
                 "keys_changed": self.keys_changed, "bytes_written": self.bytes_written,
                 "backup_bytes": self.backup_bytes, "max_drift_ulps": self.max_drift_ulps, "seconds": self.seconds,
                 "coverage": self.coverage, "summary": self.summary()}
@@ -197,11 +206,17 @@ class LoraStateManager:
     # -- reconcile ------------------------------------------------------------------------------------------
     def reconcile(self, stack: StackLike | None, mode: str | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  before_write: Callable[[], None] | None = None) -> ReconcileReport:
+                  before_write: Callable[[], None] | None = None,
+                  as_patches: Mapping[str, str] | Iterable[str] = ()) -> ReconcileReport:
         """Make the weights carry exactly `stack`. `progress(done, total)` is called per key written (raise from
         it to abort: everything is rolled back); `before_write()` is called once, only if any weight will be
-        written (a host uses it to take its own patches off first)."""
+        written (a host uses it to take its own patches off first). Keys in `as_patches` are applied by the
+        host's own patching (e.g. ComfyUI patches on read-only weights): LoRA State writes nothing there (a key
+        it wrote before is brought back to clean) and records them in the ledger; a {key: reason} mapping also
+        says why in the report."""
         started = time.perf_counter()
+        reasons = as_patches if isinstance(as_patches, Mapping) else {}
+        as_patches = frozenset(as_patches)
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -211,20 +226,27 @@ class LoraStateManager:
             requested_stack = tuple(
                 AppliedLora(r.sha256, e.label, e.path, e.strength_model, e.strength_clip, self.host.strength(e))
                 for e, r in zip(entries, resolved))
-            signature = tuple((a.sha256, a.strength) for a in requested_stack)
+            signature = (tuple((a.sha256, a.strength) for a in requested_stack), as_patches)
             self._check_external_changes()
             report = self._diff_report(mode, requested_stack, resolved)
+            report.backend = self.ledger.backend
+            report.keys_as_patches = len(self.ledger.patch_keys)
+            report.carried_because = ", ".join(f"{n} {why}" for why, n in Counter(reasons.values()).most_common())
             if signature == self._request_signature and mode == self.ledger.mode:
                 self.ledger = self.ledger.with_changes(stack=requested_stack) if requested_stack != self.applied \
                     else self.ledger
                 report.seconds = time.perf_counter() - started
                 return report
             requested = self._contributions(requested_stack, resolved)
-            plan = self._plan(mode, requested)
+            carried = {key: c for key, c in requested.items() if key in as_patches}
+            plan = self._plan(mode, {key: c for key, c in requested.items() if key not in as_patches})
+            self._check_writable(plan)
             if plan.work and before_write is not None:
                 before_write()
             stats = self._apply(plan, progress)
-            self._commit(plan, stats.drift, requested_stack, mode, signature)
+            self._commit(plan, stats.drift, requested_stack, mode, signature, carried)
+            report.backend = self.ledger.backend
+            report.keys_as_patches = len(carried)
             report.paths = plan.count()
             report.keys_changed = stats.keys_written
             report.bytes_written = stats.bytes_written
@@ -236,6 +258,11 @@ class LoraStateManager:
                 log.info("LoRA State %s: %s", self.host.label, report.summary())
             self._notify("reconcile", report.as_dict())
             return report
+
+    def resolve(self, stack: StackLike | None) -> list[ResolvedLora]:
+        """The stack's LoRAs as this host reads them (keys, patches, coverage); cached by file content."""
+        with self.lock:
+            return [self._resolve(entry) for entry in normalize_stack(stack)]
 
     def _resolve(self, entry: StackEntry) -> ResolvedLora:
         lora_file = self.file_cache.load(entry.path)
@@ -324,7 +351,23 @@ class LoraStateManager:
     def _patch_of(self, sha: str, key: str):
         return self._resolved[sha].patches[key]
 
-    def _commit(self, plan: Plan, drift: dict, stack: tuple[AppliedLora, ...], mode: str, signature: tuple) -> None:
+    def _check_writable(self, plan: Plan) -> None:
+        """The last guard: never write into memory LoRA State does not own (a write into a read-only mapping
+        kills the process). Checked for every key before anything is written."""
+        if not plan.work:
+            return
+        memory = MemoryMap.snapshot()
+        problems = [(kp.key, problem) for kp in plan.work
+                    if (problem := self.host.write_problem(kp.key, self.host.parameter(kp.key), memory))]
+        if problems:
+            key, why = problems[0]
+            raise UnownedStorageError(
+                f"{len(problems)} weights of {self.host.label} are not LoRA State's to write (first: {key}: {why}). "
+                f"Nothing was changed. Apply these LoRAs through the host's own patching instead (inside "
+                f"ComfyUI, LoRA Reconcile does so by itself), or give LoRA State a model whose weights it owns.")
+
+    def _commit(self, plan: Plan, drift: dict, stack: tuple[AppliedLora, ...], mode: str, signature: tuple,
+                carried: dict) -> None:
         keys = dict(self.ledger.keys)
         for key_plan in plan.keys:
             live = self.host.parameter(key_plan.key)
@@ -334,7 +377,7 @@ class LoraStateManager:
                 self.backups.drop(key_plan.key)   # back up only what an applied LoRA touches
             else:
                 keys[key_plan.key] = KeyState(key_plan.new, bound, unit, self.host.fingerprint(live))
-        self.ledger = self.ledger.with_changes(stack=stack, keys=keys, mode=mode, last_error="",
+        self.ledger = self.ledger.with_changes(stack=stack, keys=keys, patch_keys=carried, mode=mode, last_error="",
                                                status="applied" if stack else "clean")
         self._request_signature = signature
         live_shas = {a.sha256 for a in stack} | {c.sha256 for s in keys.values() for c in s.contributors}
@@ -386,6 +429,7 @@ class LoraStateManager:
                                        delta_terms=tuple((c.sha256, -c.strength) for c in state.contributors),
                                        base_drift=state.drift)
                 plan.keys.append(key_plan)
+            self._check_writable(plan)
             if plan.work and before_write is not None:
                 before_write()
             stats = self._apply(plan, progress)
@@ -394,8 +438,9 @@ class LoraStateManager:
             residual |= {key: state for key, state in self.ledger.keys.items()
                          if key not in stats.drift and state.drift > 0.0}   # drift left by earlier delta work
             self.backups.clear()
-            self.ledger = self.ledger.with_changes(stack=(), keys=residual, status="clean", last_error="")
-            self._request_signature = ()
+            self.ledger = self.ledger.with_changes(stack=(), keys=residual, patch_keys={}, status="clean",
+                                                   last_error="")
+            self._request_signature = ((), frozenset())
             self._resolved = {}
             report.paths = plan.count()
             report.keys_changed = stats.keys_written

@@ -76,10 +76,10 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         drift = state.drift if state else 0.0
         drift_ulps = state.drift_ulps if state else 0.0
         new = requested.get(key, ())
-        if old == new:
-            continue
         base_drift = backup_drift(key)
         backed = base_drift is not None
+        if old == new and not (mode == "exact" and drift > 0.0 and backed):
+            continue     # unchanged (exact mode still re-bases a key that earlier delta steps left drifted)
         at_clean = not old and drift == 0.0
         linear = all(is_linear(c.sha256, key) for c in old + new)
         terms = net_terms(old, new)

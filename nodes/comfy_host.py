@@ -1,8 +1,10 @@
 """The lora_state host for ComfyUI models: ComfyUI's own key maps, adapters, calculate_weight and rounding.
 
 Using ComfyUI's code for everything numeric is what makes `exact` mode bit-identical to a chain of native
-LoraLoader nodes: the same patch tuples go through the same `comfy.lora.calculate_weight` on an fp32 copy of the
-same clean weight, rounded by `comfy.float.stochastic_rounding` with the same per-key seed.
+LoraLoader nodes: the same patch tuples go through the same `comfy.lora.calculate_weight` on a copy of the same
+clean weight in ComfyUI's patch compute dtype (`lora_compute_dtype` of the load device where the version has it:
+fp16 on most NVIDIA GPUs, fp32 on CPU; fp32 before), on the same device, rounded by
+`comfy.float.stochastic_rounding` with the same per-key seed.
 """
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ import comfy.float
 import comfy.lora
 import comfy.lora_convert
 import comfy.model_base
+import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 
 from ..lora_state.formats import WEIGHT_READERS, fits
 from ..lora_state.hosts import Host
 from ..lora_state.naming import Coverage, ResolvedLora, group_keys
+from .backend import in_place_problem
+
+# Moved from comfy.model_patcher to comfy.utils in ComfyUI 0.12 (the old name logs a warning on every call).
+string_to_seed = getattr(comfy.utils, "string_to_seed", None) or comfy.model_patcher.string_to_seed
 
 # Where each ComfyUI adapter keeps its dora_scale; an adapter with one is not linear in its strength.
 _DORA_INDEX = {"LoRAAdapter": 4, "LoHaAdapter": 7, "LoKrAdapter": 8}
@@ -28,9 +35,10 @@ _DORA_INDEX = {"LoRAAdapter": 4, "LoHaAdapter": 7, "LoKrAdapter": 8}
 class ComfyPatch:
     """One file's patch parts for one parameter key: (v, offset, function) as ComfyUI's add_patches stores them."""
 
-    __slots__ = ("parts", "numel")
+    __slots__ = ("key", "parts", "numel")
 
-    def __init__(self, parts, numel):
+    def __init__(self, key, parts, numel):
+        self.key = key
         self.parts = parts
         self.numel = numel
 
@@ -59,8 +67,11 @@ class ComfyModelHost(Host):
     that, while native patches are applied, this host reads and writes the clean base tensors underneath them.
     """
 
-    def __init__(self, module: torch.nn.Module, is_clip: bool, backup_of=None):
+    def __init__(self, module: torch.nn.Module, is_clip: bool, backup_of=None, compute_device=None,
+                 refuse_writes: str | None = None):
         self._module = weakref.ref(module)
+        self.compute_device = torch.device(compute_device) if compute_device is not None else None
+        self.refuse_writes = refuse_writes     # a reason no key of this model may be written (Dynamic VRAM)
         self.is_clip = is_clip
         self.label = ("CLIP " if is_clip else "MODEL ") + type(module).__name__
         self._backup_of = backup_of or (lambda: {})
@@ -125,12 +136,7 @@ class ComfyModelHost(Host):
             parts.setdefault(key, []).append((v, offset, function))
         patches = {}
         for key, key_parts in parts.items():
-            weight = self.parameter(key)
-            _, set_func, convert_func = comfy.model_patcher.get_key_weight(self.module, key)
-            if set_func is not None or convert_func is not None:
-                coverage.notes.append(f"{key}: quantized weight, left to ComfyUI's native patching")
-                continue
-            patches[key] = ComfyPatch(tuple(key_parts), weight.numel())
+            patches[key] = ComfyPatch(key, tuple(key_parts), self.parameter(key).numel())
             coverage.matched.append(key)
         groups, unknown = group_keys(converted)
         coverage.unknown_keys = unknown
@@ -166,14 +172,31 @@ class ComfyModelHost(Host):
     def strength(self, entry):
         return entry.strength_clip if self.is_clip else entry.strength_model
 
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype ComfyUI patches in on this model's load device (always fp32 before lora_compute_dtype)."""
+        choose = getattr(comfy.model_management, "lora_compute_dtype", None)
+        if choose is None or self.compute_device is None:
+            return torch.float32
+        return choose(self.compute_device)
+
     def combine(self, key, weight, contributions):
+        # As ModelPatcher.patch_weight_to_device: the weight in the compute dtype on the load device, then
+        # calculate_weight with its default (fp32) intermediate dtype.
+        weight = weight.to(device=self.compute_device or weight.device, dtype=self.compute_dtype())
         patches = [(strength, v, 1.0, offset, function)
                    for patch, strength in contributions for v, offset, function in patch.parts]
-        return comfy.lora.calculate_weight(patches, weight, key, intermediate_dtype=torch.float32)
+        return comfy.lora.calculate_weight(patches, weight, key)
+
+    def identity_rounding(self, dtype):
+        return dtype == torch.float32 and self.compute_dtype() == torch.float32
 
     def write_rounded(self, key, target, value):
-        seed = comfy.model_patcher.string_to_seed(key)
-        target.copy_(comfy.float.stochastic_rounding(value, target.dtype, seed=seed))
+        target.copy_(comfy.float.stochastic_rounding(value, target.dtype, seed=string_to_seed(key)))
+
+    def write_problem(self, key, tensor, memory):
+        if self.refuse_writes is not None:
+            return self.refuse_writes
+        return in_place_problem(self.module, key, tensor, memory)
 
 
 def is_clip_module(module) -> bool:

@@ -7,7 +7,7 @@ import folder_paths
 
 from ..lora_state import LoraStateError, StackEntry
 from ..lora_state.planner import MODES
-from .runtime import ATTACHMENT, REGISTRY, Request
+from .runtime import REGISTRY
 
 CATEGORY = "loaders/lora_state"
 SLOTS = 5
@@ -124,14 +124,14 @@ class LoraStateReconcile:
         }
 
     def reconcile(self, model, mode="auto", clip=None, lora_stack=None):
-        request = Request(stack_entries(lora_stack), mode)
+        stack = stack_entries(lora_stack)
         new_model = model.clone()
-        new_model.set_attachments(ATTACHMENT, request)
+        REGISTRY.prepare(new_model, stack, mode)
         reports = {"model": REGISTRY.sync(new_model)}
         new_clip = None
         if clip is not None:
             new_clip = clip.clone()
-            new_clip.patcher.set_attachments(ATTACHMENT, request)
+            REGISTRY.prepare(new_clip.patcher, stack, mode)
             reports["clip"] = REGISTRY.sync(new_clip.patcher)
         return (new_model, new_clip, report_text(reports))
 
@@ -171,14 +171,13 @@ class LoraStateReset:
         return float("nan")     # a reset is an action: run it every time it is queued
 
     def reset(self, model, clip=None):
-        empty = Request((), "auto")
         new_model = model.clone()
-        new_model.set_attachments(ATTACHMENT, empty)
+        REGISTRY.prepare(new_model, (), "auto")      # also takes an upstream Reconcile's ComfyUI patches off
         REGISTRY.reset(new_model)
         new_clip = None
         if clip is not None:
             new_clip = clip.clone()
-            new_clip.patcher.set_attachments(ATTACHMENT, empty)
+            REGISTRY.prepare(new_clip.patcher, (), "auto")
             REGISTRY.reset(new_clip.patcher)
         return (new_model, new_clip)
 

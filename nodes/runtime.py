@@ -13,6 +13,10 @@ How the promises hold inside ComfyUI:
 - LoRA State writes the clean base tensors (ComfyUI's backup objects while its native patches are on). When it has
   work and native patches or hooks are applied, it first unpatches them through ComfyUI's own `unpatch_model`, so
   ComfyUI re-applies them on top of the new base at the load that follows.
+- Keys LoRA State does not own (backend.py decides: Dynamic VRAM, read-only or file-backed weights, quantized
+  weights, keys other nodes' patches touch) are carried by the clone as ComfyUI patches (patches_backend.py) and
+  written by ComfyUI itself; the ledger lists them too. The request records those entries, so a later Reconcile or
+  Reset on the same chain takes exactly them off, and a patcher without them (node deleted, bypassed) is clean.
 """
 from __future__ import annotations
 
@@ -30,20 +34,28 @@ import comfy.model_management
 import comfy.utils
 
 from ..lora_state import LoraStateManager, StackEntry
+from . import backend, patches_backend
 from .comfy_host import ComfyModelHost, is_clip_module
 
 log = logging.getLogger("lora_state")
 
 ATTACHMENT = "lora_state"
+INJECTED = "lora_state_injected"     # (request, {key: entries}) added at load time in front of later nodes' patches
 EVENT = "lora_state.ledger"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Request:
-    """What a patcher asks of its module: LoRA State's stack (resolved paths) and mode."""
+    """What a patcher asks of its module: LoRA State's stack (resolved paths) and mode, and the ComfyUI patch
+    entries that carry it on keys LoRA State does not write ({key: entries}; reasons: {key: why})."""
 
     stack: tuple[StackEntry, ...]
     mode: str
+    entries: dict = None
+    reasons: dict = None
+
+    def carried(self) -> dict:
+        return self.entries or {}
 
 
 @dataclass
@@ -83,7 +95,9 @@ class Registry:
         if managed is None and create:
             is_clip = is_clip_module(module)
             backups = patcher.backup   # ComfyUI's native backup dict, shared by all clones of this module
-            host = ComfyModelHost(module, is_clip, backup_of=lambda: backups)
+            host = ComfyModelHost(module, is_clip, backup_of=lambda: backups,
+                                  compute_device=getattr(patcher, "load_device", None),
+                                  refuse_writes=backend.model_reason(patcher))
             # Clean copies live on the offload device, like ComfyUI's own backups: they survive device moves.
             manager = LoraStateManager(host, mode="auto", backup="cpu")
             managed = Managed(f"{'clip' if is_clip else 'model'}-{next(self._ids)}", manager, is_clip, time.time())
@@ -99,7 +113,25 @@ class Registry:
             except Exception:
                 log.exception("LoRA State event listener failed")
 
-    # -- the one operation --------------------------------------------------------------------------------
+    # -- the two operations ---------------------------------------------------------------------------------
+    def prepare(self, patcher, stack: tuple[StackEntry, ...], mode: str) -> None:
+        """Make a fresh clone carry `stack` (LoRA Reconcile): keys LoRA State may not write get ComfyUI patch
+        entries now, the rest is written in place when the clone is loaded. An earlier request on the same chain
+        (a Reconcile or Reset upstream) is replaced, its entries taken off."""
+        with self.lock:
+            _take_our_entries_off(patcher)
+            entries, reasons = {}, {}
+            managed = self._managed_for(patcher, create=bool(stack))
+            if managed is not None and stack:
+                manager = managed.manager
+                contributions = [(lora, manager.host.strength(entry))
+                                 for entry, lora in zip(stack, manager.resolve(stack))]
+                keys = {key for lora, _ in contributions for key in lora.patches}
+                foreign = {key for key in keys if patcher.patches.get(key)}
+                reasons = backend.keys_as_patches(patcher, keys, manager.host.parameter, foreign)
+                entries = patches_backend.add(patcher, contributions, reasons)
+            patcher.set_attachments(ATTACHMENT, Request(tuple(stack), mode, entries, reasons))
+
     def sync(self, patcher):
         """Reconcile `patcher`'s module to `patcher`'s request. Returns the report, or None if never managed."""
         if not hasattr(patcher, "model") or not hasattr(patcher, "get_attachment"):
@@ -113,8 +145,29 @@ class Registry:
             managed.last_patcher = weakref.ref(patcher)
             stack = request.stack if request else ()
             mode = request.mode if request else managed.manager.ledger.mode
-            return managed.manager.reconcile(stack, mode=mode, progress=_progress(),
+            as_patches = self._carry_behind_later_patches(managed, patcher, request) if request else {}
+            return managed.manager.reconcile(stack, mode=mode, progress=_progress(), as_patches=as_patches,
                                              before_write=functools.partial(_take_native_patches_off, patcher))
+
+    def _carry_behind_later_patches(self, managed: Managed, patcher, request: Request) -> dict[str, str]:
+        """{key: reason} of the request's keys ComfyUI carries as patches on this patcher: those chosen when the
+        node ran, plus keys that nodes after LoRA Reconcile (a native LoraLoader) patched since. The latter get
+        our entries in front of theirs, so the result is that of the equivalent native chain."""
+        as_patches = dict(request.reasons or {})
+        if not request.stack:
+            return as_patches
+        marker = patcher.get_attachment(INJECTED)
+        injected = dict(marker[1]) if marker is not None and marker[0] is request else {}
+        manager = managed.manager
+        contributions = [(lora, manager.host.strength(entry)) for entry, lora in zip(request.stack,
+                                                                                    manager.resolve(request.stack))]
+        later = {key for lora, _ in contributions for key in lora.patches
+                 if key not in as_patches and key not in injected and patcher.patches.get(key)}
+        if later:
+            injected |= patches_backend.add_in_front(patcher, contributions, later)   # a new patches_uuid too
+            patcher.set_attachments(INJECTED, (request, injected))
+        as_patches |= {key: backend.FOREIGN_PATCHES for key in injected}
+        return as_patches
 
     def reset(self, patcher=None, managed: Managed | None = None):
         """Restore the module's clean weights and empty its ledger."""
@@ -125,6 +178,18 @@ class Registry:
             owner = patcher if patcher is not None else managed.patcher()
             return managed.manager.reset(progress=_progress(),
                                          before_write=functools.partial(_take_native_patches_off, owner))
+
+
+def _take_our_entries_off(patcher) -> None:
+    """A fresh clone downstream of an earlier Reconcile or Reset: take that request's ComfyUI patch entries off, so
+    that this node's request replaces it on every key, as it does in place."""
+    request = patcher.get_attachment(ATTACHMENT)
+    marker = patcher.get_attachment(INJECTED)
+    if request is not None:
+        patches_backend.strip(patcher, request.carried())
+    if marker is not None:
+        patches_backend.strip(patcher, marker[1])
+        patcher.set_attachments(INJECTED, None)
 
 
 def _take_native_patches_off(patcher) -> None:

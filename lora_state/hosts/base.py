@@ -7,6 +7,7 @@ import torch
 
 from ..files import LoraFile
 from ..naming import ResolvedLora, resolve_file
+from .storage import MemoryMap, storage_problem
 
 
 class Host:
@@ -57,6 +58,10 @@ class Host:
         """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
         the same bits as value.to(dtype) without a temporary: one pass over the weight instead of two."""
         target.copy_(value)
+
+    def write_problem(self, key: str, tensor: torch.Tensor, memory: MemoryMap | None) -> str | None:
+        """Why `tensor` must not be written in place (memory LoRA State does not own), or None."""
+        return storage_problem(tensor, memory)
 
     def fingerprint(self, tensor: torch.Tensor) -> tuple:
         """What must stay equal between our last write and the next reconcile; () disables the check."""

@@ -126,7 +126,7 @@ def build_checkpoint(path, seed):
                 if p.is_floating_point() and torch.isnan(p).any():
                     p.fill_(1.0 if ("scale" in n or n.endswith("weight")) else 0.0)
 
-    sd = model.state_dict_for_saving(clip.get_sd(), vae.state_dict())
+    sd = state_dict_for_saving(model, clip.get_sd(), vae.state_dict())
     out = {}
     for k, t in sd.items():
         t = t.detach().to("cpu")
@@ -142,6 +142,38 @@ def build_checkpoint(path, seed):
         "left_uninitialised_then_filled": left,
         "params": int(sum(t.numel() for t in out.values())),
     }
+
+
+def state_dict_for_saving(model, clip_sd, vae_sd):
+    """BaseModel.state_dict_for_saving: since ComfyUI 0.12 it takes the UNet state dict first."""
+    import inspect
+
+    if "unet_state_dict" in inspect.signature(model.state_dict_for_saving).parameters:
+        return model.state_dict_for_saving(model.diffusion_model.state_dict(), clip_sd, vae_sd)
+    return model.state_dict_for_saving(clip_sd, vae_sd)
+
+
+FP8_MAX = 448.0   # largest finite float8_e4m3fn
+
+
+def build_fp8_checkpoint(src, dst):
+    """A scaled-fp8 copy of `src` (the "scaled_fp8" layout that ComfyUI converts into per-layer quant configs and
+    loads with its mixed-precision ops; 0.3.x with its scaled-fp8 ops): the UNet's transformer Linear weights in
+    float8_e4m3fn with a per-tensor `scale_weight`; everything else as in `src`. Both kinds of ops have the
+    `set_weight`/`convert_weight` functions by which ComfyUI patches quantized weights."""
+    sd = safetensors.torch.load_file(src)
+    quantized = []
+    for key in list(sd):
+        if key.startswith("model.diffusion_model.") and "transformer_blocks" in key and key.endswith(".weight") \
+                and sd[key].dim() == 2 and "norm" not in key:
+            weight = sd[key].float()
+            scale = weight.abs().max() / FP8_MAX
+            sd[key] = (weight / scale).to(torch.float8_e4m3fn)
+            sd[key[: -len("weight")] + "scale_weight"] = scale.reshape(()).to(torch.float32)
+            quantized.append(key)
+    sd["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    safetensors.torch.save_file(sd, dst)
+    return {"quantized_weights": len(quantized), "layout": "scaled_fp8", "from": os.path.basename(src)}
 
 
 def load_key_maps(ckpt_path):
@@ -431,6 +463,8 @@ def main(dest):
         manifest["comfyui_version"] = None
     for name, seed in (("tiny_a.safetensors", 1), ("tiny_b.safetensors", 2)):
         manifest["checkpoints"][name] = build_checkpoint(os.path.join(ckpt_dir, name), seed)
+    fp8 = build_fp8_checkpoint(os.path.join(ckpt_dir, "tiny_a.safetensors"), os.path.join(ckpt_dir, "tiny_fp8.safetensors"))
+    manifest["quantized_checkpoints"] = {"tiny_fp8.safetensors": fp8}
     unet_map, clip_map, weights, diffusers, _ = load_key_maps(os.path.join(ckpt_dir, "tiny_a.safetensors"))
     _, _, _, _, _ = load_key_maps(os.path.join(ckpt_dir, "tiny_b.safetensors"))  # detection check only
     tg = Targets(unet_map, clip_map, weights, diffusers)

@@ -178,11 +178,13 @@ class ComfyServer:
     """
 
     def __init__(
-        self, assets_dir, load_pack=True, extra_args=(), boot_timeout=120.0, env=None, threads=1, keep_tmp=None
+        self, assets_dir, load_pack=True, extra_args=(), boot_timeout=120.0, env=None, threads=1, keep_tmp=None,
+        test_nodes=(),
     ):
         self.comfy_path, self.python = _require_paths()
         self.assets_dir = os.path.abspath(assets_dir)
         self.load_pack = load_pack
+        self.test_nodes = [os.path.join(HERE, name) for name in test_nodes]   # test-only node folders in tests/integration
         self.extra_args = list(extra_args)
         self.boot_timeout = boot_timeout
         self.extra_env = {}
@@ -218,6 +220,8 @@ class ComfyServer:
             os.makedirs(os.path.join(self.tmp, d))
         if self.load_pack:
             os.symlink(REPO_ROOT, os.path.join(self.tmp, "custom_nodes", PACK_LINK_NAME))
+        for folder in self.test_nodes:
+            os.symlink(folder, os.path.join(self.tmp, "custom_nodes", os.path.basename(folder)))
         yaml_path = os.path.join(self.tmp, "extra_model_paths.yaml")
         with open(yaml_path, "w") as f:
             f.write("lora_state_tests:\n")
@@ -302,9 +306,10 @@ class ComfyServer:
             self._log_file.close()
             self._log_file = None
         if self.tmp and not self.keep_tmp and os.path.isdir(self.tmp):
-            link = os.path.join(self.tmp, "custom_nodes", PACK_LINK_NAME)
-            if os.path.islink(link):
-                os.unlink(link)  # never recurse into the repo
+            for name in [PACK_LINK_NAME] + [os.path.basename(f) for f in self.test_nodes]:
+                link = os.path.join(self.tmp, "custom_nodes", name)
+                if os.path.islink(link):
+                    os.unlink(link)  # never recurse into the repo
             _rmtree(self.tmp)
 
     @property
@@ -443,9 +448,51 @@ class ComfyServer:
         return self.get(f"/object_info/{node_class}")[node_class]
 
 
+# ComfyUI warnings that mean a custom node used it wrongly (moved APIs, inconsistent patches).
+PACK_CAUSED_WARNINGS = (
+    "string_to_seed has moved",
+    "same patch uuid but different length of patches",
+    "DeprecationWarning",
+)
+
+
+def pack_log_problems(log_text, allow=()):
+    """What the pack caused in a ComfyUI log: tracebacks with a frame in the pack, ComfyUI's warnings about
+    moved or misused APIs, and any line of the pack's own logger that reports a failure. `allow`: substrings of
+    lines a test expects (e.g. a deliberate interrupt's roll-back)."""
+    problems = []
+    lines = log_text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("Traceback (most recent call last)"):
+            block = [line]
+            i += 1
+            while i < len(lines) and (lines[i].startswith(" ") or lines[i].startswith("\t")):
+                block.append(lines[i])
+                i += 1
+            if i < len(lines):
+                block.append(lines[i])
+            text = "\n".join(block)
+            if (PACK_LINK_NAME in text or "/lora_state/" in text) and not any(a in text for a in allow):
+                problems.append(text)
+            i += 1
+            continue
+        pack_line = line.startswith("LoRA State") and any(w in line for w in ("failed", "rolled back", "error"))
+        if (pack_line or any(w in line for w in PACK_CAUSED_WARNINGS)) and not any(a in line for a in allow):
+            problems.append(line)
+        i += 1
+    return problems
+
+
 def lora_problems(log_text):
     """Lines of a ComfyUI log that say a LoRA (or part of it) was not applied."""
     return [ln for ln in log_text.splitlines() if any(p in ln for p in LORA_LOAD_PROBLEMS)]
+
+
+def latent(server, prompt, node=SAVE_NODE):
+    """Run `prompt` and return what its SaveLatent node wrote."""
+    return read_latent(server, server.run_prompt(prompt), node)
 
 
 def latent_path(server, history_entry, node_id):

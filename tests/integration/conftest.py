@@ -75,3 +75,38 @@ def comfy_server(comfy_assets):
     yield start
     for srv in reversed(started):
         srv.stop()
+
+
+# -- the two servers most tests compare: "ours" runs LoRA State's nodes, "reference" only native ones ----------
+_reference_prompts = iter(range(1_000_000))
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_assets):
+    """A server with the pack; at the end, its log must hold nothing the pack caused (tracebacks, warnings)."""
+    with comfy_harness.ComfyServer(comfy_assets) as server:
+        assert server.pack_import_errors() == []
+        yield server
+        assert comfy_harness.pack_log_problems(server.log_text(), allow=getattr(server, "allowed_log", ())) == []
+
+
+@pytest.fixture(scope="module")
+def reference(comfy_assets):
+    """A server that only ever runs native nodes: it stands for a fresh server (native LoRA is history-free)."""
+    with comfy_harness.ComfyServer(comfy_assets) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def native(reference):
+    """native(loras, ckpt, seed) -> the latent of the native LoraLoader chain on the reference server (cached)."""
+    cache = {}
+
+    def get(loras=(), ckpt="tiny_a.safetensors", seed=1234):
+        key = (tuple(loras), ckpt, seed)
+        if key not in cache:
+            prompt = comfy_harness.native_prompt(ckpt, loras=list(loras), seed=seed,
+                                                 prefix=f"ref{next(_reference_prompts)}")
+            cache[key] = comfy_harness.latent(reference, prompt)
+        return cache[key]
+    return get
