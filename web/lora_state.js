@@ -73,6 +73,14 @@ function row(label, value, color) {
   return line;
 }
 
+function backendText(m) {
+  const inPlace = m.keys_in_place ?? 0;
+  const patches = m.keys_as_patches ?? 0;
+  const text = { "in place": `in place (${inPlace} keys)`, patches: `ComfyUI patches (${patches} keys)`,
+                 mixed: `mixed: ${inPlace} in place, ${patches} as ComfyUI patches`, none: "none" }[m.backend];
+  return text || m.backend || "-";
+}
+
 function card(m) {
   const box = el("div", null, "border:1px solid var(--border-color,#444);border-radius:6px;padding:8px;margin:8px 0");
   const head = el("div", null, "display:flex;justify-content:space-between;align-items:center;margin-bottom:4px");
@@ -88,6 +96,12 @@ function card(m) {
     box.append(line);
   });
   box.append(row("keys touched", m.keys_touched ?? 0));
+  // in place: LoRA State writes the weights; patches: ComfyUI applies them (Dynamic VRAM, read-only, quantized).
+  const backendLine = row("backend", backendText(m));
+  backendLine.title = "in place: LoRA State writes the weights it owns, incrementally.\n" +
+    "patches: carried as ComfyUI's own patches (Dynamic VRAM / read-only weights, quantized weights, " +
+    "keys another node patches); LoRA State writes nothing there.";
+  box.append(backendLine);
   box.append(row("backups", `${mib(m.backup_bytes)}${m.backup_location ? " (" + m.backup_location + ")" : ""}`));
   box.append(row("max drift", `${num(m.max_drift_ulps, 3)} ulp`));
   if (m.last_change?.summary) box.append(row("last change", m.last_change.summary));

@@ -190,3 +190,24 @@ def test_two_reconciles_in_a_chain_the_last_one_wins(ours, native):
         "strength_model_1": 0.25}
     assert torch.equal(latent(ours, prompt), native([(B, 0.5, 0.5), (A, 0.25, 1.0)]))
     assert prompt[POS_NODE]["inputs"]["clip"] == ["31", 1] and prompt[NEG_NODE]["inputs"]["clip"] == ["31", 1]
+
+
+# -- ComfyUI's patch compute dtype ---------------------------------------------------------------------------
+def test_exact_follows_comfyui_patch_compute_dtype(comfy_server, comfy_env):
+    """Where ComfyUI patches in fp16 (lora_compute_dtype: most NVIDIA GPUs), exact does too, and stays
+    bit-identical to native. Forced here on CPU through the cache of ComfyUI's own lora_compute_dtype."""
+    import os
+
+    if "def lora_compute_dtype" not in open(os.path.join(comfy_env[0], "comfy", "model_management.py")).read():
+        pytest.skip("this ComfyUI version always patches in fp32 (no lora_compute_dtype)")
+    env = {"LORA_STATE_TEST_LORA_COMPUTE_DTYPE": "float16"}
+    ours_fp16 = comfy_server(test_nodes=TEST_NODES, env=env)
+    native_fp16 = comfy_server(test_nodes=TEST_NODES, env=env)
+    fp32_reference = comfy_server(test_nodes=TEST_NODES)
+    for stack in ([(A, 1.0, 1.0), (B, 0.6, 0.6)], [(A, 0.5, 1.0), (B, 0.6, 0.6)], [(LOHA, 0.8, 0.8), (A, 1.0, 0.0)]):
+        got = latent(ours_fp16, ours_prompt(stack, mode="exact"))
+        expected = latent(native_fp16, native_prompt(loras=stack, prefix=f"ref{next(_counter)}"))
+        assert torch.equal(got, expected), f"{stack}: exact differs from native with fp16 patching"
+        in_fp32 = latent(fp32_reference, native_prompt(loras=stack, prefix=f"ref{next(_counter)}"))
+        assert not torch.equal(got, in_fp32), "fp16 patching should give other bits than fp32 (the test's premise)"
+    assert pack_log_problems(ours_fp16.log_text()) == []

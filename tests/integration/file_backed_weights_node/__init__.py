@@ -1,6 +1,9 @@
 """Test-only ComfyUI node (linked into a test server's custom_nodes, never shipped): makes a loaded model's
 weights read-only views of a file, as ComfyUI's Dynamic VRAM loads them.
 
+With LORA_STATE_TEST_LORA_COMPUTE_DTYPE=float16 it also makes ComfyUI patch weights in fp16 on this CPU server,
+through the cache of ComfyUI's own `lora_compute_dtype` (what it picks by itself on most NVIDIA GPUs).
+
 ComfyUI 2026 (Dynamic VRAM) loads checkpoints with `comfy.utils.load_safetensors`: `torch.frombuffer` over a
 read-only mmap of the file, assigned to the module without a copy. Dynamic VRAM itself needs an NVIDIA GPU; this
 node gives a CPU server the same kind of weights: it writes the module's current parameters to a safetensors file
@@ -19,6 +22,12 @@ import comfy.utils
 import folder_paths
 
 MARK = "_lora_state_test_file"
+
+_compute = os.environ.get("LORA_STATE_TEST_LORA_COMPUTE_DTYPE")
+if _compute:
+    import comfy.model_management
+
+    comfy.model_management.LORA_COMPUTE_DTYPES[torch.device("cpu")] = getattr(torch, _compute)
 
 
 def read_only_tensors(path):
