@@ -2,8 +2,10 @@
 
 Every write goes into the existing tensor (same storage, dtype and shape), so references held elsewhere and
 compiled graphs stay valid. If anything fails or is interrupted part-way (an exception from the math, a
-KeyboardInterrupt, the progress callback raising for a UI interrupt), every key already written is put back:
-recomputed from its clean backup when its old bits are reproducible, else from an undo copy taken just before.
+KeyboardInterrupt, the progress callback raising for a UI interrupt), every key already written is put back to
+its previous stack: recomputed from its clean backup where one exists (bit-exact for keys that carried no drift;
+keys that did come back at the exact value, with less drift), else from an undo copy taken just before. So undo
+copies are taken only for keys without a clean copy (delta mode), never on the common path.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
+from .drift import change_magnitude, delta_step, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 
@@ -27,19 +30,8 @@ class ApplyStats:
     keys_written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    drift: dict = field(default_factory=dict)   # key -> (drift bound, ulp at the key's largest magnitude)
-
-
-_MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
-
-
-def predicted_step_ulps(dtype: torch.dtype, terms: int) -> float:
-    """What one delta step adds to a key's drift, in ulps at its largest magnitude (see _rounded_step_drift):
-    half an ulp of residual, two half-ulp roundings, and the fp32 arithmetic of `terms` terms."""
-    bits = _MANTISSA_BITS.get(dtype)
-    if bits is None:
-        return float("inf")
-    return 1.5 + 2.0 * (terms + 2) * 2.0 ** (bits - 23)
+    # key -> (drift bound, ulp at the key's largest magnitude, error bound or None, magnitude bound or 0.0)
+    drift: dict = field(default_factory=dict)
 
 
 def max_magnitude(tensor: torch.Tensor) -> float:
@@ -47,15 +39,6 @@ def max_magnitude(tensor: torch.Tensor) -> float:
         return 0.0
     low, high = torch.aminmax(tensor.detach())
     return max(abs(float(low)), abs(float(high)))
-
-
-def ulp_of(magnitude: float, dtype: torch.dtype) -> float:
-    """One ulp of `dtype` at `magnitude` (dtypes of unknown layout, e.g. fp8: their eps times magnitude)."""
-    magnitude = max(magnitude, torch.finfo(dtype).tiny)
-    bits = _MANTISSA_BITS.get(dtype)
-    if bits is None:
-        return torch.finfo(dtype).eps * magnitude
-    return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
 
 
 def ulp_at_max(tensor: torch.Tensor) -> float:
@@ -73,26 +56,28 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
         try:
             for key_plan in plan.keys:
                 live = host.parameter(key_plan.key)
-                # A step that does not start from the clean copy keeps the rounding residual of the value it
-                # starts from (half an ulp at that value's magnitude): measure it before writing.
+                # A step that does not start from the clean copy starts from the key's error bound, at its
+                # magnitude (kept from the last delta step, else measured once).
                 rounds_from_live = key_plan.path in ("delta", "relabel") or key_plan.unwind
-                before = max_magnitude(live) if rounds_from_live else 0.0
+                before = (key_plan.base_magnitude or max_magnitude(live)) if rounds_from_live else 0.0
                 if key_plan.path == "relabel":
-                    stats.drift[key_plan.key] = _rounded_step_drift(key_plan, live, before)
+                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before)
                     continue
-                undo = None if key_plan.reproducible else live.detach().clone()
+                # With the true clean weight at hand, a rollback recomputes the old stack from it: no undo copy.
+                clean_at_hand = backups.drift(key_plan.key) == 0.0 or (key_plan.needs_backup and not key_plan.unwind)
+                undo = None if key_plan.reproducible or clean_at_hand else live.detach().clone()
                 took_backup = False
                 if key_plan.needs_backup:
                     if key_plan.unwind:
                         clean = _unwound(host, key_plan, live, patch_of)
-                        backups.put(key_plan.key, clean, drift=_rounded_step_drift(key_plan, clean, before)[0])
+                        backups.put(key_plan.key, clean, drift=_unwound_drift(host, key_plan, clean, patch_of, before))
                     else:
                         backups.put(key_plan.key, live)
                     took_backup = True
                 done.append((key_plan, undo, took_backup))   # before the write: a half-written key is undone too
                 write_key(host, key_plan, live, backups, patch_of)
                 if key_plan.path == "delta":
-                    stats.drift[key_plan.key] = _rounded_step_drift(key_plan, live, before)
+                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before)
                 else:
                     backup_drift = backups.drift(key_plan.key)
                     if backup_drift and key_plan.path == "exact":
@@ -102,25 +87,42 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
                     progress(stats.keys_written, total)
-        except BaseException:
-            _rollback(host, done, backups, patch_of)
+        except BaseException as exc:
+            exc.lora_state_recomputed = _rollback(host, done, backups, patch_of)
             raise
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _rounded_step_drift(key_plan: KeyPlan, tensor: torch.Tensor, magnitude_before: float) -> tuple:
-    """(drift bound, ulp) after rounding a value that was not computed from the clean copy.
+def _terms(host: Host, key: str, patch_of: PatchOf, pairs) -> list:
+    return [(host.change_bound(patch_of(sha, key)), strength) for sha, strength in pairs]
 
-    Against the exact result the step adds: the residual of the rounding the start value already carried (half
-    an ulp at its magnitude), our rounding and the exact result's (half an ulp each at the new magnitude), and
-    the fp32 arithmetic of the terms on both sides (what dominates for fp32 weights).
-    """
-    magnitude = max_magnitude(tensor)
-    unit = ulp_of(magnitude, tensor.dtype)
-    residual = 0.5 * ulp_of(magnitude_before, tensor.dtype) if magnitude_before else 0.0
-    fp32_error = (len(key_plan.new) + len(key_plan.old) + 2) * 2.0 ** -23 * max(magnitude, magnitude_before)
-    return (key_plan.base_drift + residual + unit + fp32_error, unit)
+
+def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: PatchOf, before: float) -> tuple:
+    """(drift, ulp, error, magnitude) after a delta or relabel step (see drift.py). The magnitude after the step
+    is bounded from the terms' change bounds where they all have one, else measured."""
+    key = key_plan.key
+    step_terms = _terms(host, key, patch_of, key_plan.delta_terms) if key_plan.path == "delta" else []
+    change = change_magnitude(step_terms)
+    magnitude = before + change if change is not None else max(before, max_magnitude(tensor))
+    drift, error = delta_step(
+        tensor.dtype, host.work_dtype(), base_drift=key_plan.base_drift, base_error=key_plan.base_error,
+        magnitude_before=before, magnitude=magnitude,
+        old_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
+        new_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new]),
+        step_terms=step_terms)
+    return (drift, ulp_of(magnitude, tensor.dtype), error, magnitude)
+
+
+def _unwound_drift(host: Host, key_plan: KeyPlan, clean: torch.Tensor, patch_of: PatchOf, before: float) -> float:
+    """How far a clean copy recovered by subtracting the old contributors is from the true clean weight."""
+    old = [(c.sha256, -c.strength) for c in key_plan.old]
+    _, error = delta_step(clean.dtype, host.work_dtype(), base_drift=key_plan.base_drift,
+                          base_error=key_plan.base_error, magnitude_before=before,
+                          magnitude=max(before, max_magnitude(clean)),
+                          old_terms=_terms(host, key_plan.key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
+                          new_terms=[], step_terms=_terms(host, key_plan.key, patch_of, old))
+    return error
 
 
 def _propagated(host: Host, key_plan: KeyPlan, backups: BackupStore, patch_of: PatchOf, drift: float) -> float:
@@ -138,7 +140,7 @@ def _propagated(host: Host, key_plan: KeyPlan, backups: BackupStore, patch_of: P
 
 def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None) -> tuple:
     """Computed from the clean copy: exactly as far off as that copy (0 unless it was recovered by unwinding)."""
-    return (backup_drift, ulp_at_max(tensor)) if backup_drift else (0.0, 0.0)
+    return (backup_drift, ulp_at_max(tensor), None, 0.0) if backup_drift else (0.0, 0.0, None, 0.0)
 
 
 def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore, patch_of: PatchOf) -> None:
@@ -202,15 +204,22 @@ def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchO
     return clean
 
 
-def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> None:
+def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> dict:
+    """Put every written key back at its previous stack. Returns {key: drift bound} for keys recomputed from their
+    clean copy whose previous bits carried drift: they are now at the exact value (up to the copy's own drift)."""
+    recomputed = {}
     for key_plan, undo, took_backup in reversed(done):
         live = host.parameter(key_plan.key)
         if undo is not None:
             live.copy_(undo)
-        elif key_plan.old:
-            contributions = [(patch_of(c.sha256, key_plan.key), c.strength) for c in key_plan.old]
-            write_exact(host, key_plan.key, live, backups.get(key_plan.key, live.device), contributions)
         else:
-            live.copy_(backups.get(key_plan.key, live.device))
+            if key_plan.old:
+                contributions = [(patch_of(c.sha256, key_plan.key), c.strength) for c in key_plan.old]
+                write_exact(host, key_plan.key, live, backups.get(key_plan.key, live.device), contributions)
+            else:
+                live.copy_(backups.get(key_plan.key, live.device))
+            if not key_plan.reproducible:
+                recomputed[key_plan.key] = 0.0     # the exact value of the old stack, from the true clean weight
         if took_backup:
             backups.drop(key_plan.key)
+    return recomputed

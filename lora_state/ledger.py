@@ -48,6 +48,8 @@ class KeyState:
     drift: float = 0.0               # bound of max |weight - exact result| (absolute), grown by each delta step
     ulp: float = 0.0                 # one ulp of the dtype at the key's largest magnitude: drift's reporting unit
     fingerprint: tuple = ()          # (id, data_ptr, _version) of the tensor after our last write
+    error: float | None = None       # bound of max |weight - real result| after delta steps (None: derive, drift.py)
+    magnitude: float = 0.0           # bound of the weight's largest magnitude after delta steps (0: measure)
 
     @property
     def drift_ulps(self) -> float:

@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .applier import apply_plan, exact_value, predicted_step_ulps, ulp_at_max
+from .applier import apply_plan, exact_value, max_magnitude, ulp_at_max
+from .drift import change_magnitude, delta_step, ulp_of
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError, UnownedStorageError
 from .files import LoraFileCache, finite_strength
@@ -307,11 +308,31 @@ class LoraStateManager:
         def budget(key: str) -> float:
             return self.budget_ulps(self.host.parameter(key).dtype)
 
-        def step(key: str, terms: int) -> float:
-            return predicted_step_ulps(self.host.parameter(key).dtype, terms)
+        measured: dict[str, float] = {}
+
+        def delta_drift_ulps(key: str, state, old, new, terms) -> float:
+            """The drift a delta step (or relabel) would leave, in ulps at the key's magnitude before it: never
+            more than the ulps it is reported in afterwards (the magnitude can only be bounded upwards)."""
+            live = self.host.parameter(key)
+            before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)
+            measured[key] = before
+            bound = self.host.change_bound
+            step_terms = [(bound(self._patch_of(sha, key)), change) for sha, change in terms]
+            change = change_magnitude(step_terms)
+            after = before + change if change is not None else 2.0 * before
+            drift, _ = delta_step(
+                live.dtype, self.host.work_dtype(), base_drift=state.drift if state else 0.0,
+                base_error=state.error if state else None, magnitude_before=before, magnitude=after,
+                old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
+                new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new], step_terms=step_terms)
+            unit = ulp_of(before, live.dtype)
+            return drift / unit if unit else float("inf")
 
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
-                         can_backup=can_backup, cost=cost, drift_budget_ulps=budget, step_ulps=step)
+                         can_backup=can_backup, cost=cost, drift_budget_ulps=budget, delta_drift_ulps=delta_drift_ulps)
+        for key_plan in plan.keys:
+            if not key_plan.base_magnitude and key_plan.key in measured:
+                key_plan.base_magnitude = measured[key_plan.key]
         needed = sum(self._nbytes(k.key) for k in plan.keys if k.needs_backup)
         if needed and not self.backups.fits(needed):
             budget = self.backups.budget_bytes
@@ -328,7 +349,10 @@ class LoraStateManager:
             # apply_plan has already put every written key back: the ledger still describes the weights, only
             # the fingerprints must follow the rollback's own writes.
             message = f"{type(exc).__name__}: {exc}".strip(": ")
-            keys = {key: KeyState(s.contributors, s.drift, s.ulp, self._fingerprint(key))
+            # Keys recomputed from their clean copy came back at the exact value of their stack: no drift left.
+            recomputed = getattr(exc, "lora_state_recomputed", None) or {}
+            keys = {key: KeyState(s.contributors, recomputed[key], s.ulp, self._fingerprint(key)) if key in recomputed
+                    else KeyState(s.contributors, s.drift, s.ulp, self._fingerprint(key), s.error, s.magnitude)
                     for key, s in self.ledger.keys.items()}
             self.ledger = self.ledger.with_changes(keys=keys, last_error=f"rolled back after {message}")
             exc.add_note("LoRA State rolled the weights back to the previously applied stack; nothing was lost.")
@@ -371,12 +395,12 @@ class LoraStateManager:
         keys = dict(self.ledger.keys)
         for key_plan in plan.keys:
             live = self.host.parameter(key_plan.key)
-            bound, unit = drift[key_plan.key]
+            bound, unit, error, magnitude = drift[key_plan.key]
             if not key_plan.new and bound == 0.0:
                 keys.pop(key_plan.key, None)
                 self.backups.drop(key_plan.key)   # back up only what an applied LoRA touches
             else:
-                keys[key_plan.key] = KeyState(key_plan.new, bound, unit, self.host.fingerprint(live))
+                keys[key_plan.key] = KeyState(key_plan.new, bound, unit, self.host.fingerprint(live), error, magnitude)
         self.ledger = self.ledger.with_changes(stack=stack, keys=keys, patch_keys=carried, mode=mode, last_error="",
                                                status="applied" if stack else "clean")
         self._request_signature = signature
@@ -427,14 +451,15 @@ class LoraStateManager:
                 else:   # delta mode: no clean copy, subtract what is applied (drift stays bounded, reported)
                     key_plan = KeyPlan(key=key, path="delta", old=state.contributors, new=(), adds_drift=True,
                                        delta_terms=tuple((c.sha256, -c.strength) for c in state.contributors),
-                                       base_drift=state.drift)
+                                       base_drift=state.drift, base_error=state.error,
+                                       base_magnitude=state.magnitude)
                 plan.keys.append(key_plan)
             self._check_writable(plan)
             if plan.work and before_write is not None:
                 before_write()
             stats = self._apply(plan, progress)
-            residual = {key: KeyState((), bound, unit, self._fingerprint(key))
-                        for key, (bound, unit) in stats.drift.items() if bound > 0.0}
+            residual = {key: KeyState((), bound, unit, self._fingerprint(key), error, magnitude)
+                        for key, (bound, unit, error, magnitude) in stats.drift.items() if bound > 0.0}
             residual |= {key: state for key, state in self.ledger.keys.items()
                          if key not in stats.drift and state.drift > 0.0}   # drift left by earlier delta work
             self.backups.clear()

@@ -26,6 +26,8 @@ class KeyPlan:
     new: tuple[Contribution, ...]
     delta_terms: tuple[tuple[str, float], ...] = ()   # (sha256, strength change) for the delta path
     base_drift: float = 0.0                            # drift before this step's own rounding (absolute)
+    base_error: float | None = None                    # the key's error bound before the step (drift.py)
+    base_magnitude: float = 0.0                        # the key's magnitude bound before the step (0: measure)
     adds_drift: bool = False                           # this step rounds a non-exact value: drift grows
     needs_backup: bool = False                         # a clean copy must be taken before the first write
     unwind: bool = False                               # no clean copy: recover it by subtracting old (delta)
@@ -60,12 +62,14 @@ def net_terms(old: tuple[Contribution, ...], new: tuple[Contribution, ...]) -> t
 def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribution, ...]], mode: str, *,
               is_linear: Callable[[str, str], bool], backup_drift: Callable[[str], float | None],
               can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
-              drift_budget_ulps: Callable[[str], float], step_ulps: Callable[[str, int], float]) -> Plan:
+              drift_budget_ulps: Callable[[str], float],
+              delta_drift_ulps: Callable[[str, KeyState | None, tuple, tuple, tuple], float]) -> Plan:
     """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0.0 if clean).
 
     Drift is a bound of max |weight - exact result| in absolute terms. ``drift_budget_ulps(key)`` is auto's budget
-    in ulps of the key's dtype at its largest magnitude; ``step_ulps(key, terms)`` predicts what one delta step
-    adds. auto takes a delta step only if the drift after it is predicted to stay within the budget.
+    in ulps of the key's dtype at its largest magnitude; ``delta_drift_ulps(key, state, old, new, terms)``
+    predicts the drift after a delta step (or a relabel, without terms) from ``state``. auto takes such a step
+    only if the predicted drift stays within the budget.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -74,7 +78,6 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         state = current.get(key)
         old = state.contributors if state else ()
         drift = state.drift if state else 0.0
-        drift_ulps = state.drift_ulps if state else 0.0
         new = requested.get(key, ())
         base_drift = backup_drift(key)
         backed = base_drift is not None
@@ -83,8 +86,9 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         at_clean = not old and drift == 0.0
         linear = all(is_linear(c.sha256, key) for c in old + new)
         terms = net_terms(old, new)
-        headroom = drift_budget_ulps(key) - drift_ulps - step_ulps(key, len(old) + len(new))
-        path = _choose(mode, new, terms, linear, backed, at_clean, headroom >= 0.0, can_backup, key, cost)
+        def within_budget(key=key, state=state, old=old, new=new, terms=terms) -> bool:
+            return delta_drift_ulps(key, state, old, new, terms) <= drift_budget_ulps(key)
+        path = _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backup, key, cost)
         unwind = path == "exact" and not backed and not at_clean
         # delta: rounds cur + change; relabel: same real sum in another fp32 order; unwind: the clean copy is
         # itself recovered by a delta step. exact/restore inherit only the drift of the clean copy.
@@ -92,6 +96,7 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         plan.keys.append(KeyPlan(
             key=key, path=path, old=old, new=new, delta_terms=terms if path == "delta" else (),
             base_drift=drift if path in ("delta", "relabel") or unwind else (base_drift or 0.0),
+            base_error=state.error if state else None, base_magnitude=state.magnitude if state else 0.0,
             adds_drift=adds_drift, needs_backup=path == "exact" and not backed, unwind=unwind,
             reproducible=drift == 0.0 and (backed or (path == "exact" and at_clean))))
     return plan
@@ -100,7 +105,7 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
 def _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backup, key, cost) -> str:
     if linear and not terms and mode != "exact":
         # Same real sum in another order: free, but it counts as a step against auto's drift budget.
-        return "exact" if mode == "auto" and backed and not within_budget else "relabel"
+        return "exact" if mode == "auto" and backed and not within_budget() else "relabel"
     if not new and backed:
         return "restore"
     if not linear or mode == "exact":
@@ -112,6 +117,6 @@ def _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backu
         return "delta"
     exact_cost = sum(cost(c.sha256, key) for c in new)
     delta_cost = sum(cost(sha, key) for sha, _ in terms)
-    if backed and delta_cost < exact_cost and within_budget:
+    if backed and delta_cost < exact_cost and within_budget():
         return "delta"
     return "exact"

@@ -35,12 +35,20 @@ _DORA_INDEX = {"LoRAAdapter": 4, "LoHaAdapter": 7, "LoKrAdapter": 8}
 class ComfyPatch:
     """One file's patch parts for one parameter key: (v, offset, function) as ComfyUI's add_patches stores them."""
 
-    __slots__ = ("key", "parts", "numel")
+    __slots__ = ("key", "parts", "numel", "_bound")
 
     def __init__(self, key, parts, numel):
         self.key = key
         self.parts = parts
         self.numel = numel
+        self._bound = False      # not computed yet
+
+    def change_bound(self):
+        """(limit, rank) with max |delta| <= limit for unit strength (drift accounting), or None where unknown:
+        plain LoRA (up @ down, no Tucker mid, no DoRA) and "diff" parts; anything else is left unbounded."""
+        if self._bound is False:
+            self._bound = _change_bound(self.parts)
+        return self._bound
 
     @property
     def linear(self) -> bool:
@@ -58,6 +66,27 @@ class ComfyPatch:
             else:
                 return False     # GLoRA, OFT, BOFT, "set", ...: treat as non-linear (exact path only)
         return True
+
+
+def _change_bound(parts):
+    limit, rank = 0.0, 0
+    for v, _, function in parts:
+        if function is not None:
+            return None
+        if type(v).__name__ == "LoRAAdapter":
+            up, down, alpha, mid, dora = (tuple(v.weights) + (None,) * 5)[:5]
+            if mid is not None or dora is not None:
+                return None
+            scale = abs(float(alpha) / down.shape[0]) if alpha is not None else 1.0
+            columns = up.flatten(1).float().abs().amax(dim=0)
+            rows = down.flatten(1).float().abs().amax(dim=1)
+            limit += scale * float((columns * rows).sum())
+            rank = max(rank, int(down.shape[0]))
+        elif isinstance(v, tuple) and len(v) == 2 and v[0] == "diff":
+            limit += float(v[1][0].float().abs().max())
+        else:
+            return None
+    return (limit, rank)
 
 
 class ComfyModelHost(Host):
@@ -186,6 +215,9 @@ class ComfyModelHost(Host):
         patches = [(strength, v, 1.0, offset, function)
                    for patch, strength in contributions for v, offset, function in patch.parts]
         return comfy.lora.calculate_weight(patches, weight, key)
+
+    def work_dtype(self):
+        return self.compute_dtype()
 
     def identity_rounding(self, dtype):
         return dtype == torch.float32 and self.compute_dtype() == torch.float32

@@ -121,7 +121,7 @@ def test_keys_carried_as_patches_are_recorded_and_cleaned(loras):
 
 
 def test_exact_rebases_keys_left_drifted_by_auto(loras):
-    module = make_module(torch.float16)
+    module = make_module(torch.float32)
     manager = LoraStateManager(module, mode="auto", file_cache=LoraFileCache())
     a, b = loras["lora"][0], loras["lokr"][0]
     manager.reconcile([(a, 1.0), (b, 1.0)])
@@ -129,6 +129,6 @@ def test_exact_rebases_keys_left_drifted_by_auto(loras):
     assert manager.status()["max_drift_ulps"] > 0
     manager.reconcile([(a, 0.5), (b, 1.0)], mode="exact")   # same stack, exact: must re-base the drifted keys
     assert manager.status()["max_drift_ulps"] == 0
-    fresh = make_module(torch.float16)
+    fresh = make_module(torch.float32)
     LoraStateManager(fresh, mode="exact", file_cache=LoraFileCache()).reconcile([(a, 0.5), (b, 1.0)])
     assert all(torch.equal(p, dict(fresh.named_parameters())[k]) for k, p in module.named_parameters())

@@ -98,11 +98,14 @@ def test_delta_mode_keeps_no_backups_and_reports_drift(loras):
     module = make_module(torch.float16)
     manager = LoraStateManager(module, mode="delta")
     stack_a, stack_b = [(loras["lora"][0], 1.0)], [(loras["lora"][0], 0.2)]
+    drifts = []
     for _ in range(3):
         manager.reconcile(stack_a)
         report = manager.reconcile(stack_b)
+        drifts.append(report.max_drift_ulps)
     assert manager.backup_bytes == 0
-    assert report.paths == {"delta": 3} and report.max_drift_ulps >= 6   # >= one ulp per delta step
+    # Each delta step rounds once more: the reported bound grows (half an ulp per rounding), never resets.
+    assert report.paths == {"delta": 3} and drifts[0] >= 1 and drifts[2] > drifts[1] > drifts[0]
     exact = fresh_exact(stack_b, torch.float16)
     for key in ("fc1.weight", "conv.weight", "conv1.weight"):
         assert ulp_distance(module.state_dict()[key], exact[key]) <= manager.ledger.keys[key].drift_ulps

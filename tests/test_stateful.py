@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from lora_factory import KINDS, make_module, oracle_weights, write_lora
 from lora_state import LoraStateError, LoraStateManager, StackError
-from lora_state.applier import predicted_step_ulps
 from lora_state.files import LoraFileCache
 
 EXAMPLES = int(os.environ.get("LORA_STATE_STATEFUL_EXAMPLES", "40"))
@@ -171,8 +170,16 @@ class StackMachine(RuleBasedStateMachine):
         try:
             self.manager.reconcile(stack, progress=fail)
         except Injected:
-            assert all(torch.equal(before[k], v) for k, v in self.module.state_dict().items())
-            assert {k: (s.contributors, s.drift) for k, s in self.manager.ledger.keys.items()} == ledger
+            # The previous stack is back on every key: with the same bits, or, where a clean copy allowed it, at
+            # the exact value of that stack (the drift it carried is then gone, and the ledger says so).
+            exact = from_scratch(self.stack, self.dtype)
+            for key, value in self.module.state_dict().items():
+                state = self.manager.ledger.keys.get(key)
+                assert torch.equal(before[key], value) or (torch.equal(value, exact[key]) and state.drift == 0.0 and
+                                                           ledger[key][1] > 0.0), key
+            after = {k: (s.contributors, s.drift) for k, s in self.manager.ledger.keys.items()}
+            assert {k: c for k, (c, _) in after.items()} == {k: c for k, (c, _) in ledger.items()}
+            assert all(after[k][1] in (ledger[k][1], 0.0) for k in after)
             assert self.manager.applied == applied and "rolled back" in self.manager.ledger.last_error
         else:
             self.stack = stack    # the plan had fewer keys than the injection point: it simply completed
@@ -216,18 +223,16 @@ class StackMachine(RuleBasedStateMachine):
 
     @invariant()
     def auto_stays_within_budget(self):
-        """auto only lets a key's drift grow by one step from within its budget, so it re-bases instead of drifting
-        with the number of switches (drift is measured in ulps at the key's magnitude before the step)."""
+        """auto lets a key's drift grow only while it stays within the budget, so it re-bases instead of drifting
+        with the number of switches (drift reported in ulps at the key's largest magnitude)."""
         if not hasattr(self, "manager") or self.mode != "auto":
             return
         budget = self.manager.budget_ulps(self.dtype)
-        step = predicted_step_ulps(self.dtype, 0)    # the smallest step the planner can have predicted
         previous = getattr(self, "previous_drift", {})
         for key, state in self.manager.ledger.keys.items():
-            before = previous.get(key)
-            if before is not None and state.drift > before[0]:
-                assert before[1] + step <= budget, f"{key}: a delta step from {before[1]} ulp, budget {budget}"
-        self.previous_drift = {k: (s.drift, s.drift_ulps) for k, s in self.manager.ledger.keys.items()}
+            if state.drift > previous.get(key, 0.0):
+                assert state.drift_ulps <= budget, f"{key}: drift {state.drift_ulps} ulp after a step, budget {budget}"
+        self.previous_drift = {k: s.drift for k, s in self.manager.ledger.keys.items()}
 
 
 def machine_test(dtype, mode):

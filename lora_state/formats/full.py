@@ -22,6 +22,11 @@ class DiffAdapter(Adapter):
     def apply(self, weight, strength):
         return weight.add_(self.diff.reshape(weight.shape).float(), alpha=strength * self.scale)
 
+    def change_bound(self):
+        if getattr(self, "_bound", None) is None:
+            self._bound = (abs(self.scale) * float(self.diff.float().abs().max()) if self.diff.numel() else 0.0, 0)
+        return self._bound
+
 
 def read(group: dict, alpha, config_rank=None):
     if "diff" in group:

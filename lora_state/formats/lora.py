@@ -54,6 +54,16 @@ class LoraAdapter(Adapter):
             return weight.add_(self.delta().reshape(weight.shape), alpha=strength)
         return self._apply_dora(weight, strength)
 
+    def change_bound(self):
+        """max |delta| <= |scale| * sum_k max_i |up_ik| * max_j |down_kj| (plain LoRA; None for Tucker and DoRA)."""
+        if not self.linear or self.mid is not None:
+            return None
+        if getattr(self, "_bound", None) is None:
+            up = self.up.flatten(1).float().abs().amax(dim=0)
+            down = self.down.flatten(1).float().abs().amax(dim=1)
+            self._bound = (abs(self.scale) * float((up * down).sum()), int(self.down.shape[0]))
+        return self._bound
+
     def error_gain(self, weight, strength):
         if self.linear:
             return 1.0

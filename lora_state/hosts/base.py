@@ -44,6 +44,16 @@ class Host:
         return patch.error_gain(weight, strength) if hasattr(patch, "error_gain") else (
             1.0 if self.is_linear(patch) else float("inf"))
 
+    def change_bound(self, patch) -> tuple[float, int] | None:
+        """(limit, rank): max |delta| <= limit for unit strength, computed as a rank-`rank` product in fp32; None
+        where unknown (drift accounting then charges the term at the weight's magnitude, see drift.py)."""
+        bound = getattr(patch, "change_bound", None)
+        return bound() if callable(bound) else None
+
+    def work_dtype(self) -> torch.dtype:
+        """The dtype the LoRA terms are added in (combine's working precision)."""
+        return torch.float32
+
     def strength(self, entry) -> float:
         """Which of an entry's strengths applies to this host's weights."""
         return entry.strength_model

@@ -8,8 +8,9 @@ it, a Reset node after it, a native LoraLoader before or after it. Between steps
 through the route, or interrupt a prompt part-way. The bar:
 - bit-identical to the native chain: exact mode, the read-only checkpoint (ComfyUI patches), and every graph that
   asks for no LoRA on tiny_a (restored from clean copies);
-- within BOUND of the native latent: auto in place, and everything on tiny_fp8, the one checkpoint that also
-  gets delta mode (whose drift is reported and stays until the checkpoint is reloaded).
+- within the bound |ours - native| <= ABS + REL * |native| (elementwise; these latents reach |100|): auto in
+  place, and everything on tiny_fp8, the one checkpoint that also gets delta mode (whose drift is reported and
+  stays until the checkpoint is reloaded).
 
 Knobs: LORA_STATE_RANDOM_STEPS (default 100), LORA_STATE_RANDOM_SEED (default 2026).
 """
@@ -34,7 +35,7 @@ from test_pack import RECONCILE_NODE, ours_prompt
 
 STEPS = int(os.environ.get("LORA_STATE_RANDOM_STEPS", "100"))
 SEED = int(os.environ.get("LORA_STATE_RANDOM_SEED", "2026"))
-BOUND = 1e-2      # auto/delta in place: max |latent - native latent| (absolute; the latents are O(1))
+ABS, REL = 1e-2, 1e-3     # auto/delta in place: |latent - native latent| <= ABS + REL * |native latent|
 LORAS = ("kohya_lora_a.safetensors", "kohya_lora_b.safetensors", "locon_conv.safetensors", "loha.safetensors",
          "lokr.safetensors", "dora.safetensors", "peft_named.safetensors", "sub/nested_lora.safetensors")
 CHECKPOINTS = ("tiny_a.safetensors", "tiny_b.safetensors", "tiny_fp8.safetensors")
@@ -110,7 +111,7 @@ def interrupt_part_way(server, rng: random.Random) -> None:
 def test_random_graphs_match_native(comfy_assets):
     rng = random.Random(SEED)
     steps = [random_step(rng) for _ in range(STEPS)]
-    worst = {"exact": 0.0, "auto": 0.0, "delta": 0.0}
+    worst = {"exact": 0.0, "auto": 0.0, "delta": 0.0}     # largest |ours - native| / (ABS + REL * |native|)
     with ComfyServer(comfy_assets, test_nodes=TEST_NODES) as ours, \
             ComfyServer(comfy_assets, test_nodes=TEST_NODES) as reference:
         for index, step in enumerate(steps):
@@ -119,11 +120,12 @@ def test_random_graphs_match_native(comfy_assets):
             got = latent(ours, ours_graph)
             expected = latent(reference, native_graph)
             difference = float((got - expected).abs().max())
-            worst[step["mode"]] = max(worst[step["mode"]], difference)
+            ratio = float(((got - expected).abs() / (ABS + REL * expected.abs())).max())
+            worst[step["mode"]] = max(worst[step["mode"]], ratio)
             if bit_identical_expected(step):
                 assert torch.equal(got, expected), f"{where}: differs from native by {difference:g}"
             else:
-                assert difference <= BOUND, f"{where}: differs from native by {difference:g}"
+                assert ratio <= 1.0, f"{where}: differs from native by {difference:g} ({ratio:.2f} of the bound)"
             if step["event"] == "free":
                 ours.free()
             elif step["event"] == "route reset":
@@ -133,4 +135,5 @@ def test_random_graphs_match_native(comfy_assets):
                 interrupt_part_way(ours, rng)
         problems = pack_log_problems(ours.log_text(), allow=("rolled back", "Interrupt"))
         assert problems == [], problems
-    print(f"\n{STEPS} random steps (seed {SEED}); largest |latent - native| per mode: {worst}")
+    print(f"\n{STEPS} random steps (seed {SEED}); largest |latent - native| as a fraction of the bound, per mode: "
+          f"{worst}")

@@ -1,0 +1,93 @@
+"""Drift accounting: rigorous bounds of how far a weight is from the exact result, without pessimism that grows.
+
+Two bounds are kept per key (absolute values):
+- ``drift``: max |w - exact|, where exact is what an exact reconcile of the same stack from the clean copy would
+  write (the bits a native patcher gives). This is what is reported and what auto's budget limits.
+- ``error``: max |w - real|, where real is clean + sum(strength * delta) in real numbers.
+
+A delta step only adds its own arithmetic to ``error`` (the additions it rounds and the rank-r products of the
+terms it applies); the exact result's own arithmetic is counted once, when ``drift`` is derived
+(drift <= error + |exact - real|), instead of once per step. The rank-r products are bounded from the LoRA
+factors (``Host.change_bound``); where a patch has no such bound, its term is charged at the weight's magnitude
+(one fp32 eps per term), as before.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: fp32 unit roundoff: |fl(x) - x| <= U32 * |x| for a rounding to nearest.
+U32 = 2.0 ** -24
+
+_MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
+
+
+def ulp_of(magnitude: float, dtype: torch.dtype) -> float:
+    """One ulp of `dtype` at `magnitude` (dtypes of unknown layout, e.g. fp8: their eps times magnitude)."""
+    magnitude = max(magnitude, torch.finfo(dtype).tiny)
+    bits = _MANTISSA_BITS.get(dtype)
+    if bits is None:
+        return torch.finfo(dtype).eps * magnitude
+    return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2.0
+
+
+def rounding(dtype: torch.dtype, work: torch.dtype, magnitude: float) -> float:
+    """Rounding the work value (in the host's `work` dtype) into the weight's dtype: none where the weight's dtype
+    holds every work value (the additions already rounded, see terms_error)."""
+    bits, work_bits = _MANTISSA_BITS.get(dtype), _MANTISSA_BITS.get(work)
+    if bits is not None and work_bits is not None and bits >= work_bits:
+        return 0.0
+    return 0.5 * ulp_of(magnitude, dtype)
+
+
+def terms_error(terms, magnitude: float, work: torch.dtype = torch.float32) -> float:
+    """Arithmetic of applying `terms` ([(change_bound or None, strength)]) to a weight of `magnitude` held in the
+    `work` dtype. A bounded term ((limit, rank): max |delta| <= limit, a rank-r product in fp32): its addition
+    rounds once at the weight's magnitude, and its product, scaling and cast to the work dtype carry at most
+    (r * U32 + 2 * u_work) * |strength| * limit. An unbounded one is charged one eps of the work dtype at the
+    weight's magnitude."""
+    total = 0.0
+    unit = unit_roundoff(work)
+    for bound, strength in terms:
+        if bound is None:
+            total += 2.0 * unit * magnitude
+        else:
+            limit, rank = bound
+            total += 0.5 * ulp_of(magnitude, work) + (rank * U32 + 2.0 * unit) * abs(strength) * limit
+    return total
+
+
+def exact_error(dtype: torch.dtype, work: torch.dtype, new_terms, magnitude: float) -> float:
+    """max |exact - real|: the exact result's own arithmetic and rounding (none for the clean weight itself)."""
+    if not new_terms:
+        return 0.0
+    return terms_error(new_terms, magnitude, work) + rounding(dtype, work, magnitude)
+
+
+def change_magnitude(terms) -> float | None:
+    """An upper bound of max |sum(strength * delta)| over `terms`, or None if a term has no bound."""
+    total = 0.0
+    for bound, strength in terms:
+        if bound is None:
+            return None
+        total += abs(strength) * bound[0]
+    return total
+
+
+def delta_step(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, base_error: float | None,
+               magnitude_before: float, magnitude: float, old_terms, new_terms, step_terms) -> tuple:
+    """(drift, error) after a step that does not start from the clean copy: a delta step (`step_terms` applied
+    to the current weight) or a relabel (no `step_terms`: no write, the real value is unchanged).
+
+    `magnitude` bounds the weight's largest magnitude after the step, `magnitude_before` before it."""
+    start = base_error if base_error is not None else \
+        base_drift + exact_error(dtype, work, old_terms, magnitude_before)
+    error = start
+    if step_terms:
+        error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
+    return error + exact_error(dtype, work, new_terms, magnitude), error
