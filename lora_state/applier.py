@@ -152,7 +152,7 @@ def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: Backup
         write_exact(host, key, live, backups.get(key, live.device), contributions)
     elif key_plan.path == "delta":
         terms = [(patch_of(sha, key), change) for sha, change in key_plan.delta_terms]
-        _write_combined(host, key, live, live, terms)
+        _write_combined(host, key, live, live, terms, combine=host.add_terms)
     else:
         raise ValueError(f"unknown path {key_plan.path!r} for {key}")
 
@@ -169,16 +169,18 @@ def exact_value(host: Host, key: str, clean: torch.Tensor, contributions) -> tor
     return out
 
 
-def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, contributions) -> None:
+def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, contributions,
+                    combine=None) -> None:
+    combine = combine or host.combine
     if host.identity_rounding(live.dtype) and live.is_contiguous():
         # fp32 weights: work directly in the live tensor, no temporary copy.
         if start is not live:
             live.copy_(start)
-        out = host.combine(key, live, contributions)
+        out = combine(key, live, contributions)
         if out is not live:
             live.copy_(out)
         return
-    out = host.combine(key, _fp32_scratch(start).copy_(start), contributions)
+    out = combine(key, _fp32_scratch(start).copy_(start), contributions)
     host.write_rounded(key, live, out)
 
 

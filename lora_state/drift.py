@@ -69,6 +69,16 @@ def exact_error(dtype: torch.dtype, work: torch.dtype, new_terms, magnitude: flo
     return terms_error(new_terms, magnitude, work) + rounding(dtype, work, magnitude)
 
 
+def product_bound(up: torch.Tensor, down: torch.Tensor) -> float:
+    """An upper bound of max_ij sum_k |up_ik| |down_kj| (which bounds both max |up @ down| and the rounding error
+    of computing it): the smaller of sum_k max_i |up_ik| max_j |down_kj| and, by Cauchy-Schwarz,
+    max_i ||up_i||_2 * max_j ||down_j||_2. Reads only the factors."""
+    up, down = up.flatten(1).float(), down.flatten(1).float()
+    by_rank = float((up.abs().amax(dim=0) * down.abs().amax(dim=1)).sum())
+    by_norm = float(up.norm(dim=1).max() * down.norm(dim=0).max()) if up.numel() and down.numel() else 0.0
+    return min(by_rank, by_norm)
+
+
 def change_magnitude(terms) -> float | None:
     """An upper bound of max |sum(strength * delta)| over `terms`, or None if a term has no bound."""
     total = 0.0

@@ -20,6 +20,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 
+from ..lora_state.drift import product_bound
 from ..lora_state.formats import WEIGHT_READERS, fits
 from ..lora_state.hosts import Host
 from ..lora_state.naming import Coverage, ResolvedLora, group_keys
@@ -42,6 +43,9 @@ class ComfyPatch:
         self.parts = parts
         self.numel = numel
         self._bound = False      # not computed yet
+
+    def lora_factors(self):
+        return _lora_factors(self.parts)
 
     def change_bound(self):
         """(limit, rank) with max |delta| <= limit for unit strength (drift accounting), or None where unknown:
@@ -68,6 +72,20 @@ class ComfyPatch:
         return True
 
 
+def _lora_factors(parts):
+    """[(up, down, scale)] when every part is a plain LoRA on the whole weight (no offset, function, Tucker mid,
+    DoRA, reshape), else None."""
+    factors = []
+    for v, offset, function in parts:
+        if offset is not None or function is not None or type(v).__name__ != "LoRAAdapter":
+            return None
+        up, down, alpha, mid, dora, reshape = (tuple(v.weights) + (None,) * 6)[:6]
+        if mid is not None or dora is not None or reshape is not None:
+            return None
+        factors.append((up, down, float(alpha) / down.shape[0] if alpha is not None else 1.0))
+    return factors
+
+
 def _change_bound(parts):
     limit, rank = 0.0, 0
     for v, _, function in parts:
@@ -78,9 +96,7 @@ def _change_bound(parts):
             if mid is not None or dora is not None:
                 return None
             scale = abs(float(alpha) / down.shape[0]) if alpha is not None else 1.0
-            columns = up.flatten(1).float().abs().amax(dim=0)
-            rows = down.flatten(1).float().abs().amax(dim=1)
-            limit += scale * float((columns * rows).sum())
+            limit += scale * product_bound(up, down)
             rank = max(rank, int(down.shape[0]))
         elif isinstance(v, tuple) and len(v) == 2 and v[0] == "diff":
             limit += float(v[1][0].float().abs().max())
@@ -215,6 +231,22 @@ class ComfyModelHost(Host):
         patches = [(strength, v, 1.0, offset, function)
                    for patch, strength in contributions for v, offset, function in patch.parts]
         return comfy.lora.calculate_weight(patches, weight, key)
+
+    def add_terms(self, key, weight, terms):
+        # A delta step is not bit-identical to native anyway: plain LoRA terms go through one fused addmm_ into
+        # the weight (no full-size temporaries), the rest through ComfyUI's calculate_weight.
+        weight = weight.to(device=self.compute_device or weight.device, dtype=self.compute_dtype())
+        rest = []
+        for patch, strength in terms:
+            factors = patch.lora_factors()
+            flat = weight.view(weight.shape[0], -1) if weight.is_contiguous() and weight.dim() else None
+            if factors is None or flat is None or any(
+                    up.shape[0] != flat.shape[0] or down[0].numel() != flat.shape[1] for up, down, _ in factors):
+                rest.append((patch, strength))
+                continue
+            for up, down, scale in factors:
+                flat.addmm_(up.flatten(1).to(flat), down.flatten(1).to(flat), alpha=strength * scale)
+        return self.combine(key, weight, rest) if rest else weight
 
     def work_dtype(self):
         return self.compute_dtype()

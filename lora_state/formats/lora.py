@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..drift import product_bound
 from .base import Adapter
 
 
@@ -55,13 +56,11 @@ class LoraAdapter(Adapter):
         return self._apply_dora(weight, strength)
 
     def change_bound(self):
-        """max |delta| <= |scale| * sum_k max_i |up_ik| * max_j |down_kj| (plain LoRA; None for Tucker and DoRA)."""
+        """(limit, rank) for plain LoRA (None for Tucker and DoRA): see drift.product_bound."""
         if not self.linear or self.mid is not None:
             return None
         if getattr(self, "_bound", None) is None:
-            up = self.up.flatten(1).float().abs().amax(dim=0)
-            down = self.down.flatten(1).float().abs().amax(dim=1)
-            self._bound = (abs(self.scale) * float((up * down).sum()), int(self.down.shape[0]))
+            self._bound = (abs(self.scale) * product_bound(self.up, self.down), int(self.down.shape[0]))
         return self._bound
 
     def error_gain(self, weight, strength):

@@ -64,6 +64,11 @@ class Host:
             weight = patch.apply(weight, strength)
         return weight
 
+    def add_terms(self, key: str, weight: torch.Tensor, terms: Iterable[tuple[object, float]]) -> torch.Tensor:
+        """A delta step: add (patch, strength change) terms of linear patches to the current weight. Same math as
+        combine; a host may do it faster where bit-identity with its own patcher is not at stake."""
+        return self.combine(key, weight, terms)
+
     def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
         """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
         the same bits as value.to(dtype) without a temporary: one pass over the weight instead of two."""
