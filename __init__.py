@@ -18,7 +18,7 @@ if folder_paths is None:
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
     __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 else:
-    from . import nodes as _nodes   # installs the model-load hook and the routes
+    from . import nodes as _nodes  # noqa: F401  (installs the model-load hook and the routes)
 
     api, why = "v3", ""
     if os.environ.get("LORA_STATE_NODE_API", "").lower() == "v1":

@@ -9,7 +9,6 @@ copies are taken only for keys without a clean copy (delta mode), never on the c
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
