@@ -8,9 +8,10 @@ it, a Reset node after it, a native LoraLoader before or after it. Between steps
 through the route, or interrupt a prompt part-way. The bar:
 - bit-identical to the native chain: exact mode, the read-only checkpoint (ComfyUI patches), and every graph that
   asks for no LoRA on tiny_a (restored from clean copies);
-- within the bound |ours - native| <= ABS + REL * |native| (elementwise; these latents reach |100|): auto in
-  place, and everything on tiny_fp8, the one checkpoint that also gets delta mode (whose drift is reported and
-  stays until the checkpoint is reloaded).
+- within a bound |ours - native| <= ABS + REL * |native| (elementwise; these latents reach |100|): auto in
+  place, and everything on tiny_fp8, the one checkpoint that also gets delta mode. Delta mode's drift is reported,
+  grows with every delta step and stays until the checkpoint is reloaded, so its bound is five times looser; it
+  covers the dozen or so delta steps the default walk takes on that checkpoint.
 
 Knobs: LORA_STATE_RANDOM_STEPS (default 100), LORA_STATE_RANDOM_SEED (default 2026).
 """
@@ -35,7 +36,8 @@ from test_pack import RECONCILE_NODE, ours_prompt
 
 STEPS = int(os.environ.get("LORA_STATE_RANDOM_STEPS", "100"))
 SEED = int(os.environ.get("LORA_STATE_RANDOM_SEED", "2026"))
-ABS, REL = 1e-2, 1e-3     # auto/delta in place: |latent - native latent| <= ABS + REL * |native latent|
+# |latent - native latent| <= ABS + REL * |native latent|, per mode (exact: only where drift is left by delta)
+BOUNDS = {"exact": (1e-2, 1e-3), "auto": (1e-2, 1e-3), "delta": (5e-2, 5e-3)}
 LORAS = ("kohya_lora_a.safetensors", "kohya_lora_b.safetensors", "locon_conv.safetensors", "loha.safetensors",
          "lokr.safetensors", "dora.safetensors", "peft_named.safetensors", "sub/nested_lora.safetensors")
 CHECKPOINTS = ("tiny_a.safetensors", "tiny_b.safetensors", "tiny_fp8.safetensors")
@@ -111,7 +113,7 @@ def interrupt_part_way(server, rng: random.Random) -> None:
 def test_random_graphs_match_native(comfy_assets):
     rng = random.Random(SEED)
     steps = [random_step(rng) for _ in range(STEPS)]
-    worst = {"exact": 0.0, "auto": 0.0, "delta": 0.0}     # largest |ours - native| / (ABS + REL * |native|)
+    worst = {"exact": 0.0, "auto": 0.0, "delta": 0.0}     # largest |ours - native| / the mode's bound
     with ComfyServer(comfy_assets, test_nodes=TEST_NODES) as ours, \
             ComfyServer(comfy_assets, test_nodes=TEST_NODES) as reference:
         for index, step in enumerate(steps):
@@ -120,7 +122,8 @@ def test_random_graphs_match_native(comfy_assets):
             got = latent(ours, ours_graph)
             expected = latent(reference, native_graph)
             difference = float((got - expected).abs().max())
-            ratio = float(((got - expected).abs() / (ABS + REL * expected.abs())).max())
+            absolute, relative = BOUNDS[step["mode"]]
+            ratio = float(((got - expected).abs() / (absolute + relative * expected.abs())).max())
             worst[step["mode"]] = max(worst[step["mode"]], ratio)
             if bit_identical_expected(step):
                 assert torch.equal(got, expected), f"{where}: differs from native by {difference:g}"
