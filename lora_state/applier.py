@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
-from .drift import change_magnitude, delta_step, ulp_of
+from .drift import delta_step, exact_error, magnitude_after, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 
@@ -60,7 +60,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 rounds_from_live = key_plan.path in ("delta", "relabel") or key_plan.unwind
                 before = (key_plan.base_magnitude or max_magnitude(live)) if rounds_from_live else 0.0
                 if key_plan.path == "relabel":
-                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before)
+                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
                     continue
                 # With the true clean weight at hand, a rollback recomputes the old stack from it: no undo copy.
                 clean_at_hand = backups.drift(key_plan.key) == 0.0 or (key_plan.needs_backup and not key_plan.unwind)
@@ -76,7 +76,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 done.append((key_plan, undo, took_backup))   # before the write: a half-written key is undone too
                 write_key(host, key_plan, live, backups, patch_of)
                 if key_plan.path == "delta":
-                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before)
+                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
                 else:
                     backup_drift = backups.drift(key_plan.key)
                     if backup_drift and key_plan.path == "exact":
@@ -97,20 +97,23 @@ def _terms(host: Host, key: str, patch_of: PatchOf, pairs) -> list:
     return [(host.change_bound(patch_of(sha, key)), strength) for sha, strength in pairs]
 
 
-def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: PatchOf, before: float) -> tuple:
+def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: PatchOf, before: float,
+                backups: BackupStore) -> tuple:
     """(drift, ulp, error, magnitude) after a delta or relabel step (see drift.py). The magnitude after the step
     is bounded from the terms' change bounds where they all have one, else measured."""
-    key = key_plan.key
+    key, dtype, work = key_plan.key, tensor.dtype, host.work_dtype()
     step_terms = _terms(host, key, patch_of, key_plan.delta_terms) if key_plan.path == "delta" else []
-    change = change_magnitude(step_terms)
-    magnitude = before + change if change is not None else max(before, max_magnitude(tensor))
-    drift, error = delta_step(
-        tensor.dtype, host.work_dtype(), base_drift=key_plan.base_drift, base_error=key_plan.base_error,
-        magnitude_before=before, magnitude=magnitude,
-        old_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
-        new_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new]),
-        step_terms=step_terms)
-    return (drift, ulp_of(magnitude, tensor.dtype), error, magnitude)
+    old_terms = _terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old])
+    new_terms = _terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new])
+    start = key_plan.base_error if key_plan.base_error is not None else \
+        key_plan.base_drift + exact_error(dtype, work, old_terms, before)
+    magnitude = magnitude_after(before, step_terms, new_terms, backups.magnitude(key), start, work)
+    if magnitude is None:
+        magnitude = max(before, max_magnitude(tensor))
+    drift, error = delta_step(dtype, work, base_drift=key_plan.base_drift, base_error=key_plan.base_error,
+                              magnitude_before=before, magnitude=magnitude, old_terms=old_terms,
+                              new_terms=new_terms, step_terms=step_terms)
+    return (drift, ulp_of(magnitude, dtype), error, magnitude)
 
 
 def _unwound_drift(host: Host, key_plan: KeyPlan, clean: torch.Tensor, patch_of: PatchOf, before: float) -> float:

@@ -23,6 +23,7 @@ class BackupStore:
         self._entries: dict[str, object] = {}
         self._meta: dict[str, tuple] = {}   # key -> (shape, dtype, nbytes)
         self._drift: dict[str, float] = {}  # key -> drift bound of the copy (0.0: the true clean weight)
+        self._magnitude: dict[str, float] = {}  # key -> largest |value| of the clean weight (measured once)
         self.nbytes = 0
         self._written = 0
 
@@ -38,6 +39,15 @@ class BackupStore:
     def drift(self, key: str) -> float | None:
         """None without a backup; else how far (absolute) the copy may be from the true clean weight."""
         return self._drift.get(key) if key in self._entries else None
+
+    def magnitude(self, key: str) -> float | None:
+        """An upper bound of the clean weight's largest magnitude (the copy's, plus its drift), or None."""
+        if key not in self._entries:
+            return None
+        if key not in self._magnitude:
+            copy = self.get(key, "cpu")
+            self._magnitude[key] = float(copy.detach().abs().max()) if copy.numel() else 0.0
+        return self._magnitude[key] + self._drift[key]
 
     def put(self, key: str, tensor: torch.Tensor, drift: float = 0.0) -> None:
         nbytes = tensor.numel() * tensor.element_size()
@@ -75,6 +85,7 @@ class BackupStore:
             return
         self.nbytes -= self._meta.pop(key)[2]
         self._drift.pop(key, None)
+        self._magnitude.pop(key, None)
         if isinstance(stored, str):
             os.unlink(stored)
 

@@ -101,3 +101,19 @@ def delta_step(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, base
     if step_terms:
         error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
     return error + exact_error(dtype, work, new_terms, magnitude), error
+
+
+def magnitude_after(before: float, step_terms, new_terms, clean_magnitude: float | None, start_error: float,
+                    work: torch.dtype) -> float | None:
+    """An upper bound of the weight's largest magnitude after a delta step, or None if the terms have no bounds:
+    the smaller of (before + the change) and (the clean weight's + all new contributions + the error), so the
+    bound does not grow with the number of steps."""
+    change = change_magnitude(step_terms)
+    if change is None:
+        return None
+    after = before + change
+    total = change_magnitude(new_terms)
+    if clean_magnitude is not None and total is not None:
+        error = start_error + terms_error(step_terms, after, work) + 0.5 * ulp_of(after, torch.float32)
+        after = min(after, clean_magnitude + total + error)
+    return after

@@ -87,6 +87,8 @@ def _lora_factors(parts):
 
 
 def _change_bound(parts):
+    """(limit, 0) for plain LoRA and diff parts: the rank-r product is the same computation in the exact path
+    (calculate_weight) and in delta steps (add_terms), so its rounding is shared, not a difference (drift.py)."""
     limit, rank = 0.0, 0
     for v, _, function in parts:
         if function is not None:
@@ -97,7 +99,6 @@ def _change_bound(parts):
                 return None
             scale = abs(float(alpha) / down.shape[0]) if alpha is not None else 1.0
             limit += scale * product_bound(up, down)
-            rank = max(rank, int(down.shape[0]))
         elif isinstance(v, tuple) and len(v) == 2 and v[0] == "diff":
             limit += float(v[1][0].float().abs().max())
         else:
@@ -233,8 +234,10 @@ class ComfyModelHost(Host):
         return comfy.lora.calculate_weight(patches, weight, key)
 
     def add_terms(self, key, weight, terms):
-        # A delta step is not bit-identical to native anyway: plain LoRA terms go through one fused addmm_ into
-        # the weight (no full-size temporaries), the rest through ComfyUI's calculate_weight.
+        # A delta step adds each plain LoRA's product computed exactly as ComfyUI's calculate_weight computes it
+        # (torch.mm of the fp32 factors on the same device), so the exact result and the delta steps share that
+        # product and its rounding (change_bound: rank 0); one add_ instead of calculate_weight's scaled temporary.
+        # Anything else goes through calculate_weight itself.
         weight = weight.to(device=self.compute_device or weight.device, dtype=self.compute_dtype())
         rest = []
         for patch, strength in terms:
@@ -245,7 +248,9 @@ class ComfyModelHost(Host):
                 rest.append((patch, strength))
                 continue
             for up, down, scale in factors:
-                flat.addmm_(up.flatten(1).to(flat), down.flatten(1).to(flat), alpha=strength * scale)
+                product = torch.mm(up.flatten(1).to(device=flat.device, dtype=torch.float32),
+                                   down.flatten(1).to(device=flat.device, dtype=torch.float32))
+                flat.add_(product, alpha=strength * scale)
         return self.combine(key, weight, rest) if rest else weight
 
     def work_dtype(self):

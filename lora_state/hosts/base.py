@@ -45,8 +45,9 @@ class Host:
             1.0 if self.is_linear(patch) else float("inf"))
 
     def change_bound(self, patch) -> tuple[float, int] | None:
-        """(limit, rank): max |delta| <= limit for unit strength, computed as a rank-`rank` product in fp32; None
-        where unknown (drift accounting then charges the term at the weight's magnitude, see drift.py)."""
+        """(limit, rank): max |delta| <= limit for unit strength, and `rank` the inner dimension of the fp32 product
+        whose rounding may differ between the exact path and a delta step (0 where both compute the same product);
+        None where unknown (drift accounting then charges the term at the weight's magnitude, see drift.py)."""
         bound = getattr(patch, "change_bound", None)
         return bound() if callable(bound) else None
 

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         for kind in ("native", "ours"):      # warm up: load and first application, then one change
             results[kind]["first"].append(run(kind, 1.0, 1))
             run(kind, 0.5, 1)
-        strength, seed = 1.0, 1
+        strength, seed = 0.5, 1      # the warm-up ended at 0.5: the first round changes it
         for _ in range(args.rounds):
             strength = 0.5 if strength == 1.0 else 1.0
             seed += 1
