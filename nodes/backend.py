@@ -15,9 +15,6 @@ import comfy.model_patcher
 
 from ..lora_state.hosts.storage import MemoryMap, storage_problem
 
-IN_PLACE = "in place"
-PATCHES = "patches"
-
 PLAIN_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
