@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
-from .drift import delta_step, exact_error, magnitude_after, ulp_of
+from .drift import step_bounds, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 
@@ -99,31 +99,25 @@ def _terms(host: Host, key: str, patch_of: PatchOf, pairs) -> list:
 
 def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: PatchOf, before: float,
                 backups: BackupStore) -> tuple:
-    """(drift, ulp, error, magnitude) after a delta or relabel step (see drift.py). The magnitude after the step
-    is bounded from the terms' change bounds where they all have one, else measured."""
-    key, dtype, work = key_plan.key, tensor.dtype, host.work_dtype()
-    step_terms = _terms(host, key, patch_of, key_plan.delta_terms) if key_plan.path == "delta" else []
-    old_terms = _terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old])
-    new_terms = _terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new])
-    start = key_plan.base_error if key_plan.base_error is not None else \
-        key_plan.base_drift + exact_error(dtype, work, old_terms, before)
-    magnitude = magnitude_after(before, step_terms, new_terms, backups.magnitude(key), start, work)
-    if magnitude is None:
-        magnitude = max(before, max_magnitude(tensor))
-    drift, error = delta_step(dtype, work, base_drift=key_plan.base_drift, base_error=key_plan.base_error,
-                              magnitude_before=before, magnitude=magnitude, old_terms=old_terms,
-                              new_terms=new_terms, step_terms=step_terms)
-    return (drift, ulp_of(magnitude, dtype), error, magnitude)
+    """(drift, ulp, error, magnitude) after a delta or relabel step (see drift.step_bounds)."""
+    key = key_plan.key
+    drift, error, magnitude, _ = step_bounds(
+        tensor.dtype, host.work_dtype(), base_drift=key_plan.base_drift, base_error=key_plan.base_error,
+        before=before, clean_magnitude=backups.magnitude(key), measure_after=lambda: max_magnitude(tensor),
+        old_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
+        new_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new]),
+        step_terms=_terms(host, key, patch_of, key_plan.delta_terms) if key_plan.path == "delta" else [])
+    return (drift, ulp_of(magnitude, tensor.dtype), error, magnitude)
 
 
 def _unwound_drift(host: Host, key_plan: KeyPlan, clean: torch.Tensor, patch_of: PatchOf, before: float) -> float:
     """How far a clean copy recovered by subtracting the old contributors is from the true clean weight."""
-    old = [(c.sha256, -c.strength) for c in key_plan.old]
-    _, error = delta_step(clean.dtype, host.work_dtype(), base_drift=key_plan.base_drift,
-                          base_error=key_plan.base_error, magnitude_before=before,
-                          magnitude=max(before, max_magnitude(clean)),
-                          old_terms=_terms(host, key_plan.key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
-                          new_terms=[], step_terms=_terms(host, key_plan.key, patch_of, old))
+    old = [(c.sha256, c.strength) for c in key_plan.old]
+    _, error, _, _ = step_bounds(
+        clean.dtype, host.work_dtype(), base_drift=key_plan.base_drift, base_error=key_plan.base_error,
+        before=before, clean_magnitude=None, measure_after=lambda: max_magnitude(clean),
+        old_terms=_terms(host, key_plan.key, patch_of, old), new_terms=[],
+        step_terms=_terms(host, key_plan.key, patch_of, [(sha, -strength) for sha, strength in old]))
     return error
 
 
@@ -209,8 +203,8 @@ def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchO
 
 
 def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> dict:
-    """Put every written key back at its previous stack. Returns {key: drift bound} for keys recomputed from their
-    clean copy whose previous bits carried drift: they are now at the exact value (up to the copy's own drift)."""
+    """Put every written key back at its previous stack. Returns {key: 0.0} for keys recomputed from their true
+    clean copy whose previous bits carried drift: they are now at the exact value of that stack."""
     recomputed = {}
     for key_plan, undo, took_backup in reversed(done):
         live = host.parameter(key_plan.key)

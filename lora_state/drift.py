@@ -89,31 +89,31 @@ def change_magnitude(terms) -> float | None:
     return total
 
 
-def delta_step(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, base_error: float | None,
-               magnitude_before: float, magnitude: float, old_terms, new_terms, step_terms) -> tuple:
-    """(drift, error) after a step that does not start from the clean copy: a delta step (`step_terms` applied
-    to the current weight) or a relabel (no `step_terms`: no write, the real value is unchanged).
+def step_bounds(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, base_error: float | None,
+                before: float, old_terms, new_terms, step_terms, clean_magnitude: float | None,
+                measure_after=None) -> tuple:
+    """(drift, error, magnitude, unit magnitude) after a step that does not start from the clean copy: a delta
+    step (`step_terms` applied to the current weight) or a relabel (no `step_terms`: no write, the real value is
+    unchanged). `before` bounds the weight's largest magnitude before the step.
 
-    `magnitude` bounds the weight's largest magnitude after the step, `magnitude_before` before it."""
+    The magnitude after the step is bounded from the terms' change bounds: the smaller of (before + the change)
+    and (the clean weight's + all new contributions + the error), so it does not grow with the number of steps.
+    Where a term has no bound, `measure_after()` gives it (the applier, after writing); without one (the planner,
+    before writing) twice the magnitude before is assumed, and the unit stays that of `before`."""
     start = base_error if base_error is not None else \
-        base_drift + exact_error(dtype, work, old_terms, magnitude_before)
+        base_drift + exact_error(dtype, work, old_terms, before)
+    change = change_magnitude(step_terms)
+    if change is not None:
+        magnitude = unit_magnitude = before + change
+        total = change_magnitude(new_terms)
+        if clean_magnitude is not None and total is not None:
+            error = start + terms_error(step_terms, magnitude, work) + 0.5 * ulp_of(magnitude, torch.float32)
+            magnitude = unit_magnitude = min(magnitude, clean_magnitude + total + error)
+    elif measure_after is not None:
+        magnitude = unit_magnitude = max(before, measure_after())
+    else:
+        magnitude, unit_magnitude = 2.0 * before, before
     error = start
     if step_terms:
         error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
-    return error + exact_error(dtype, work, new_terms, magnitude), error
-
-
-def magnitude_after(before: float, step_terms, new_terms, clean_magnitude: float | None, start_error: float,
-                    work: torch.dtype) -> float | None:
-    """An upper bound of the weight's largest magnitude after a delta step, or None if the terms have no bounds:
-    the smaller of (before + the change) and (the clean weight's + all new contributions + the error), so the
-    bound does not grow with the number of steps."""
-    change = change_magnitude(step_terms)
-    if change is None:
-        return None
-    after = before + change
-    total = change_magnitude(new_terms)
-    if clean_magnitude is not None and total is not None:
-        error = start_error + terms_error(step_terms, after, work) + 0.5 * ulp_of(after, torch.float32)
-        after = min(after, clean_magnitude + total + error)
-    return after
+    return error + exact_error(dtype, work, new_terms, magnitude), error, magnitude, unit_magnitude

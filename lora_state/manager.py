@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from .applier import apply_plan, exact_value, max_magnitude, ulp_at_max
-from .drift import delta_step, exact_error, magnitude_after, ulp_of
+from .drift import step_bounds, ulp_of
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError, UnownedStorageError
 from .files import LoraFileCache, finite_strength
@@ -315,18 +315,15 @@ class LoraStateManager:
             live = self.host.parameter(key)
             before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)
             measured[key] = before
-            bound, work = self.host.change_bound, self.host.work_dtype()
-            step_terms = [(bound(self._patch_of(sha, key)), change) for sha, change in terms]
-            old_terms = [(bound(self._patch_of(c.sha256, key)), c.strength) for c in old]
-            new_terms = [(bound(self._patch_of(c.sha256, key)), c.strength) for c in new]
-            base_drift, base_error = (state.drift, state.error) if state else (0.0, None)
-            start = base_error if base_error is not None else base_drift + exact_error(live.dtype, work, old_terms,
-                                                                                       before)
-            after = magnitude_after(before, step_terms, new_terms, self.backups.magnitude(key), start, work)
-            drift, _ = delta_step(live.dtype, work, base_drift=base_drift, base_error=base_error,
-                                  magnitude_before=before, magnitude=after if after is not None else 2.0 * before,
-                                  old_terms=old_terms, new_terms=new_terms, step_terms=step_terms)
-            unit = ulp_of(after if after is not None else before, live.dtype)   # the unit it will be reported in
+            bound = self.host.change_bound
+            drift, _, _, unit_magnitude = step_bounds(
+                live.dtype, self.host.work_dtype(), base_drift=state.drift if state else 0.0,
+                base_error=state.error if state else None, before=before,
+                clean_magnitude=self.backups.magnitude(key),
+                old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
+                new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
+                step_terms=[(bound(self._patch_of(sha, key)), change) for sha, change in terms])
+            unit = ulp_of(unit_magnitude, live.dtype)   # the unit it will be reported in
             return drift / unit if unit else float("inf")
 
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
