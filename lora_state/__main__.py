@@ -1,34 +1,58 @@
 """Command line: `python -m lora_state demo` and `python -m lora_state bench [--quick]`.
 
-Each command is an argparse subcommand; `bench` lives in bench.py (``add_arguments(parser)``, ``main(args)``).
+Each command is an argparse subcommand. `bench` is the benchmark package `lora_state_bench` (a sibling of this
+package in a checkout, outside the runtime path), imported only when the command runs; it is the same as
+`python -m lora_state_bench`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+BENCH_MISSING = ("the benchmark is the package lora_state_bench, next to lora_state in a checkout of the "
+                 "repository (or pip install -e . from one); it could not be imported here: {error}")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _bench():
+    try:
+        import lora_state_bench.cli as bench
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] != "lora_state_bench":
+            raise       # the package is there but one of its own dependencies is missing: say which
+        return None, exc
+    return bench, None
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_state", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("demo", help="show stale weights from a naive patcher vs LoRA State, each mode's error/time")
-
-    from . import bench
-    bench_parser = commands.add_parser("bench", help="switching benchmark vs full re-patch and PEFT fuse/unfuse",
-                                       description=bench.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_arguments(bench_parser)
+    help_text = "switching benchmark vs full re-patch and PEFT fuse/unfuse (package lora_state_bench)"
+    wants_bench = argv is None or "bench" in argv or any(a in ("-h", "--help") for a in argv)
+    bench = _bench()[0] if wants_bench else None
+    if bench is None:   # not importable (or not needed): pass the arguments through, fail when it runs
+        bench_parser = commands.add_parser("bench", help=help_text, add_help=False)
+        bench_parser.add_argument("bench_args", nargs=argparse.REMAINDER)
+    else:
+        from lora_state_bench import __doc__ as bench_doc
+        bench_parser = commands.add_parser("bench", help=help_text, description=bench_doc,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        bench.add_arguments(bench_parser)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     if args.command == "demo":
         from .demo import run
         run()
         return 0
-    from .bench import main as bench_main
-    return int(bench_main(args) or 0)
+    bench, error = _bench()
+    if bench is None:
+        print(BENCH_MISSING.format(error=error), file=sys.stderr)
+        return 2
+    return int(bench.main(args) or 0)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from lora_state import bench
 from lora_state.__main__ import main as cli
+from lora_state_bench import report
+from lora_state_bench.cli import main as bench_main
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,12 @@ def test_json_structure(result):
     assert set(result["noop"]["modes"]) == {"exact", "delta", "auto"}
     assert all(m["noop_reported"] for m in result["noop"]["modes"].values())
     assert all({"target", "met"} <= set(t) for t in result["targets"])
-    assert bench.format_table(result["results"])
+    assert report.format_table(result["results"])
+    bounds = report.format_bounds(result["results"], result["machine"])
+    for case in ("exact s", "delta s", "auto s", "bound s", "x bound", "machine:"):
+        assert case in bounds
+    bound_targets = [t for t in result["targets"] if "of the lower bound" in t["target"]]
+    assert {t["target"].split()[0] for t in bound_targets} == {"exact", "delta", "auto"}
 
 
 def test_exact_is_bit_identical_everywhere(result):
@@ -77,5 +83,23 @@ def test_memory_claims(result):
 
 def test_plots_from_json(result, tmp_path):
     pytest.importorskip("matplotlib")
-    written = bench.make_plots(result, str(tmp_path))
+    written = report.make_plots(result, str(tmp_path))
     assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["error_vs_switches.png", "switch_time.png"]
+
+
+def test_package_entry_point_redraws_from_json(result, tmp_path, capsys):
+    """python -m lora_state_bench --from-json: the same report from a saved run, without measuring anything."""
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result), encoding="utf-8")
+    assert bench_main(["--from-json", str(path), "--markdown", str(tmp_path / "results.md")]) == 0
+    printed = capsys.readouterr().out
+    assert "One change vs its lower bound" in printed and "machine:" in printed
+    assert "| model | dtype |" in (tmp_path / "results.md").read_text(encoding="utf-8")
+
+
+def test_runtime_does_not_import_the_benchmark():
+    import subprocess
+    import sys
+    code = ("import sys, lora_state, lora_state.manager, lora_state.__main__; "
+            "assert not [m for m in sys.modules if m.startswith('lora_state_bench')]")
+    subprocess.run([sys.executable, "-c", code], check=True)

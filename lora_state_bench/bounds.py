@@ -1,0 +1,39 @@
+"""The lower bound of one change: what any implementation must at least do, timed at this machine's rates.
+
+A key must change if some LoRA's strength on it differs between the two stacks. For each such key the weight (or
+its clean copy) is read once and written once: 2 x its bytes at the measured copy bandwidth. Its new value needs
+the deltas of the LoRAs that changed on it (none when it goes back to clean): their matmul FLOPs at the measured
+fp32 matmul rate. The bound is the sum of both; a measured change is reported as a multiple of it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .workload import StackSet, lora_flops, numel
+
+
+def lower_bound(stacks: StackSet, shapes: dict, dtype: torch.dtype, old, new, machine: dict) -> dict:
+    """FLOPs of the deltas that must change / matmul rate + bytes that must be read and written / bandwidth."""
+    def per_key(stack):
+        out: dict[str, dict[str, float]] = {}
+        for name, strength in stack:
+            if strength == 0.0:
+                continue
+            for key in stacks.loras[name].keys:
+                out.setdefault(key, {})
+                out[key][name] = out[key].get(name, 0.0) + strength
+        return out
+    before, after = per_key(old), per_key(new)
+    size = torch.tensor([], dtype=dtype).element_size()
+    flops = nbytes = keys = 0
+    for key in set(before) | set(after):
+        changed = {name for name in set(before.get(key, {})) | set(after.get(key, {}))
+                   if before.get(key, {}).get(name, 0.0) != after.get(key, {}).get(name, 0.0)}
+        if not changed:
+            continue
+        keys += 1
+        nbytes += 2 * numel(shapes[key]) * size       # read the weight (or its clean copy) and write it once
+        if after.get(key):                               # restoring to clean needs no delta at all
+            flops += sum(lora_flops(stacks.loras[name], shapes, key) for name in changed)
+    seconds = flops / machine["matmul_flops_per_s"] + nbytes / machine["bandwidth_bytes_per_s"]
+    return {"seconds": seconds, "flops": flops, "bytes": nbytes, "keys": keys}
