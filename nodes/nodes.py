@@ -1,17 +1,19 @@
 """The three nodes. Thin: they translate ComfyUI inputs into registry/manager calls (see runtime.py)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
 
 from ..lora_state import LoraStateError, StackEntry
 from ..lora_state.planner import MODES
+from ..lora_state.stack_rows import NONE, SLOTS, build_stack, parse_rows, requested_names
+from ..lora_state.trigger_words import join_trigger_words, trigger_words
 from .runtime import REGISTRY
 
+log = logging.getLogger("lora_state")
 CATEGORY = "loaders/lora_state"
-SLOTS = 5
-NONE = "None"
 
 
 def lora_path(name: str) -> str:
@@ -48,21 +50,26 @@ def stack_entries(lora_stack) -> tuple[StackEntry, ...]:
 
 
 class LoraStateStack:
-    """Pure data: builds a LORA_STACK. Touches no weights."""
+    """Pure data: builds a LORA_STACK. Touches no weights. The API format of its inputs is documented in
+    lora_state/stack_rows.py (rows JSON, or the numbered slots of earlier versions)."""
 
     DESCRIPTION = ("A list of LoRAs with model/clip strengths and on/off switches, as a LORA_STACK "
                    "((name, strength_model, strength_clip) tuples, the Efficiency/Comfyroll convention). "
                    "Chain several, or plug in a stack from another pack. Apply it with LoRA Reconcile.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("LORA_STACK",)
-    RETURN_NAMES = ("lora_stack",)
-    OUTPUT_TOOLTIPS = ("The incoming stack followed by this node's enabled LoRAs.",)
+    RETURN_TYPES = ("LORA_STACK", "STRING")
+    RETURN_NAMES = ("lora_stack", "trigger_words")
+    OUTPUT_TOOLTIPS = ("The incoming stack followed by this node's enabled LoRAs.",
+                       "The trigger words of this node's enabled LoRAs, comma-separated, read from each file's "
+                       "own metadata (training tags); empty when the files name none.")
     FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):
         loras = [NONE] + folder_paths.get_filename_list("loras")
         optional = {"lora_stack": ("LORA_STACK", {"tooltip": "A stack to extend (from this or another pack)."})}
+        # The numbered slots of earlier versions come first, so that old workflows' widget values keep their
+        # positions; the editor hides them and moves their LoRAs into rows when such a workflow loads.
         for slot in range(1, SLOTS + 1):
             optional[f"lora_{slot}"] = (loras, {"default": NONE, "tooltip": "A LoRA from the loras folders."})
             optional[f"strength_model_{slot}"] = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0,
@@ -70,28 +77,44 @@ class LoraStateStack:
             optional[f"strength_clip_{slot}"] = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0,
                                                            "step": 0.01, "tooltip": "Strength on the text encoder."})
             optional[f"on_{slot}"] = ("BOOLEAN", {"default": True, "tooltip": "Off: left out of the stack."})
+        optional["clip_strength_separate"] = ("BOOLEAN", {
+            "default": False, "tooltip": "Off: each row's clip strength is its model strength. On: each row has its "
+                                         "own clip strength."})
+        optional["rows"] = ("STRING", {
+            "default": "[]", "multiline": False,
+            "tooltip": "The rows as JSON: [{\"on\": true, \"lora\": name, \"strength\": 1.0, "
+                       "\"strength_clip\": null}, ...]. Edited by the node's row editor."})
         return {"required": {}, "optional": optional}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, **slots):
-        """Reject names that are not in the loras folders at queue time, saying where the files must be."""
+    def VALIDATE_INPUTS(cls, rows="[]", **slots):
+        """Reject malformed rows and names that are not in the loras folders at queue time, saying what to fix."""
+        try:
+            parsed = parse_rows(rows)
+        except LoraStateError as exc:
+            return str(exc)
         known = set(folder_paths.get_filename_list("loras"))
-        for slot in range(1, SLOTS + 1):
-            name = slots.get(f"lora_{slot}", NONE)
-            if isinstance(name, str) and name not in (NONE, "") and name not in known:
-                return (f"lora_{slot}: LoRA '{name}' is not in ComfyUI's loras folders "
+        for where, name in requested_names(slots, parsed):
+            if name not in known:
+                return (f"{where}: LoRA '{name}' is not in ComfyUI's loras folders "
                         f"({', '.join(folder_paths.get_folder_paths('loras'))}); put it there or pick another.")
         return True
 
-    def build(self, lora_stack=None, **slots):
-        stack = [tuple(entry) for entry in (lora_stack or [])]
-        for slot in range(1, SLOTS + 1):
-            name = slots.get(f"lora_{slot}", NONE)
-            if name in (None, NONE) or not slots.get(f"on_{slot}", True):
-                continue
-            stack.append((name, float(slots.get(f"strength_model_{slot}", 1.0)),
-                          float(slots.get(f"strength_clip_{slot}", 1.0))))
-        return (stack,)
+    def build(self, lora_stack=None, rows="[]", clip_strength_separate=False, **slots):
+        stack = build_stack(lora_stack, slots, rows, clip_strength_separate)
+        own = stack[len(lora_stack or ()):]
+        return (stack, trigger_text(name for name, _, _ in own))
+
+
+def trigger_text(names) -> str:
+    """The trigger words of these LoRAs (each file's header metadata), comma-joined; files without any add none."""
+    groups = []
+    for name in names:
+        try:
+            groups.append(trigger_words(lora_path(name))["trigger_words"])
+        except (LoraStateError, OSError, ValueError) as exc:     # a header we cannot read has no words to add
+            log.warning("LoRA State: no trigger words for %s: %s", name, exc)
+    return join_trigger_words(groups)
 
 
 class LoraStateReconcile:
@@ -133,7 +156,43 @@ class LoraStateReconcile:
             new_clip = clip.clone()
             REGISTRY.prepare(new_clip.patcher, stack, mode)
             reports["clip"] = REGISTRY.sync(new_clip.patcher)
-        return (new_model, new_clip, report_text(reports))
+        patchers = {"model": new_model} | ({"clip": new_clip.patcher} if new_clip is not None else {})
+        status = status_payload(reports, {what: ledger_of(p) for what, p in patchers.items()}, len(stack))
+        # `ui` reaches the node on the graph (its status line), also when ComfyUI replays a cached result.
+        return {"ui": {"lora_state_status": [status]}, "result": (new_model, new_clip, report_text(reports))}
+
+
+def ledger_of(patcher) -> dict | None:
+    """The ledger status of the module behind `patcher` (None when LoRA State does not manage it)."""
+    managed = next((m for m in REGISTRY.managed() if m.patcher() is patcher), None)
+    if managed is None:
+        return None
+    status = managed.manager.status()
+    for entry in status["stack"]:
+        entry.pop("path", None)      # server paths stay on the server
+    return {"id": managed.id} | status
+
+
+def status_payload(reports: dict, ledgers: dict, loras: int) -> dict:
+    """What LoRA Reconcile shows on the graph after a run, per part (model, clip): the ledger's LoRAs and keys,
+    the time this run took, the backend and drift, and the files whose keys did not fit (unmatched/mismatched)."""
+    parts = {}
+    for what, report in reports.items():
+        ledger = ledgers.get(what) or {}
+        flagged = {}
+        for name, coverage in (report.coverage if report else {}).items():
+            unmatched, mismatched = len(coverage.get("unmatched", ())), len(coverage.get("shape_mismatched", ()))
+            if unmatched or mismatched:
+                flagged[name] = {"unmatched": unmatched, "mismatched": mismatched,
+                                 "matched": coverage.get("matched", 0)}
+        parts[what] = {"id": ledger.get("id"), "loras": len(ledger.get("stack", ())),
+                       "keys": ledger.get("keys_touched", 0), "ms": round((report.seconds if report else 0.0) * 1000, 1),
+                       "backend": ledger.get("backend", "none"), "mode": ledger.get("mode"),
+                       "max_drift_ulps": ledger.get("max_drift_ulps", 0.0),
+                       "backup_bytes": ledger.get("backup_bytes", 0),
+                       "keys_changed": report.keys_changed if report else 0, "flagged": flagged,
+                       "error": ledger.get("last_error") or ""}
+    return {"requested": loras, "parts": parts}
 
 
 def report_text(reports: dict) -> str:

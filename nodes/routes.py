@@ -14,6 +14,7 @@ import folder_paths
 
 from ..lora_state import LoraStateError
 from ..lora_state.manager import DEFAULT_FILE_CACHE
+from ..lora_state.trigger_words import trigger_words
 from .runtime import EVENT, REGISTRY
 
 log = logging.getLogger("lora_state")
@@ -77,6 +78,26 @@ def register(server) -> None:
         report = await asyncio.to_thread(REGISTRY.verify, managed)
         return web.json_response(report.as_dict())
 
+    @routes.get(PREFIX + "/loras")
+    async def lora_names(request):
+        # The stack editor's picker: ComfyUI's own list (subfolders as "sub/name.safetensors"), fresh on each call.
+        names = await asyncio.to_thread(folder_paths.get_filename_list, "loras")
+        return web.json_response({"loras": list(names)})
+
+    @routes.get(PREFIX + "/trigger_words")
+    async def lora_trigger_words(request):
+        # Only the file's header is read (cheap: the editor asks for every row it shows).
+        name = request.query.get("name", "")
+        if name not in folder_paths.get_filename_list("loras"):
+            return web.json_response({"error": "unknown LoRA name: use a name from the loras folders list"},
+                                     status=404)
+        path = folder_paths.get_full_path_or_raise("loras", name)
+        try:
+            words = await asyncio.to_thread(trigger_words, path)
+        except (OSError, ValueError) as exc:
+            return web.json_response({"error": f"cannot read the metadata of {name}: {exc}"}, status=422)
+        return web.json_response({"name": name} | words)
+
     @routes.get(PREFIX + "/lora")
     async def lora_info(request):
         name = request.query.get("name", "")
@@ -88,8 +109,13 @@ def register(server) -> None:
             loaded = await asyncio.to_thread(DEFAULT_FILE_CACHE.load, path)   # hashes and parses: off the loop
         except LoraStateError as exc:
             return web.json_response({"error": str(exc)}, status=422)
+        try:
+            words = await asyncio.to_thread(trigger_words, path)
+        except (OSError, ValueError):
+            words = {"trigger_words": []}
         return web.json_response({"name": name, "sha256": loaded.sha256, "tensors": len(loaded.tensors),
-                                  "bytes": loaded.nbytes, "metadata_keys": sorted(loaded.metadata)})
+                                  "bytes": loaded.nbytes, "metadata_keys": sorted(loaded.metadata),
+                                  "trigger_words": words["trigger_words"]})
 
     REGISTRY.listeners.append(lambda event: _broadcast(server, event))
 
@@ -97,7 +123,8 @@ def register(server) -> None:
 def _broadcast(server, event: dict) -> None:
     managed = REGISTRY.by_id(event.get("id"))
     payload = {"id": event.get("id"), "event": event.get("event"), "summary": event.get("summary", ""),
-               "error": event.get("error"), "model": _describe(managed) if managed else None}
+               "error": event.get("error"), "added": list(event.get("added") or ()),
+               "removed": list(event.get("removed") or ()), "model": _describe(managed) if managed else None}
     server.send_sync(EVENT, payload)
 
 

@@ -20,6 +20,9 @@ def _input(name: str, spec: tuple, optional: bool):
     if kind == "FLOAT":
         return io.Float.Input(name, default=options.get("default"), min=options.get("min"), max=options.get("max"),
                               step=options.get("step"), **common)
+    if kind == "STRING":
+        return io.String.Input(name, default=options.get("default"), multiline=options.get("multiline", False),
+                               **common)
     if kind == "BOOLEAN":
         return io.Boolean.Input(name, default=options.get("default"), **common)
     return _SOCKETS[kind].Input(name, **common)
@@ -37,7 +40,10 @@ def _v3_node(node_id: str, v1):
                          description=v1.DESCRIPTION, inputs=inputs, outputs=outputs)
 
     def execute(cls, **kwargs):
-        return io.NodeOutput(*getattr(v1(), v1.FUNCTION)(**kwargs))
+        result = getattr(v1(), v1.FUNCTION)(**kwargs)
+        if isinstance(result, dict):      # V1's {"ui": ..., "result": ...}
+            return io.NodeOutput(*result["result"], ui=result.get("ui"))
+        return io.NodeOutput(*result)
 
     members = {"define_schema": classmethod(define_schema), "execute": classmethod(execute)}
     if hasattr(v1, "VALIDATE_INPUTS"):

@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES_PY = ROOT / "nodes" / "nodes.py"
+STACK_ROWS_PY = ROOT / "lora_state" / "stack_rows.py"
 WORKFLOWS = ROOT / "example_workflows"
 NODEDEFS = ROOT / "locales" / "en" / "nodeDefs.json"
 JS = ROOT / "web" / "lora_state.js"
@@ -142,7 +143,8 @@ def _input_kind(spec):
 
 def read_nodes():
     tree = ast.parse(NODES_PY.read_text(encoding="utf-8"))
-    consts = _module_constants(tree)
+    # nodes.py imports SLOTS/NONE from the pure lora_state/stack_rows.py
+    consts = _module_constants(ast.parse(STACK_ROWS_PY.read_text(encoding="utf-8"))) | _module_constants(tree)
     class_map = _module_dict(tree, "NODE_CLASS_MAPPINGS")
     mapping = {k.value: v.id for k, v in zip(class_map.keys, class_map.values)}
     display = ast.literal_eval(_module_dict(tree, "NODE_DISPLAY_NAME_MAPPINGS"))
@@ -340,6 +342,10 @@ def test_workflow_uses_our_nodes_as_defined(path):
                 assert value in modes
             if widget["name"].startswith("lora_") and value != "None":
                 assert value.startswith("example_"), "use placeholder LoRA names users replace with their own"
+            if widget["name"] == "rows":
+                for row in json.loads(value):
+                    assert set(row) == {"on", "lora", "strength", "strength_clip"}, row
+                    assert row["lora"] == "None" or row["lora"].startswith("example_"), "use placeholder names"
 
 
 # ---- requirements.txt ---------------------------------------------------------------------------------------------
@@ -386,8 +392,9 @@ def test_web_holds_no_dev_files():
 
 def test_js_talks_to_the_server_we_have():
     js = JS.read_text(encoding="utf-8")
-    imports = re.findall(r'^\s*import\s.*?from\s+["\']([^"\']+)["\']', js, re.MULTILINE)
-    assert sorted(imports) == ["../../scripts/api.js", "../../scripts/app.js"], "no external imports"
+    imports = re.findall(r'^\s*import\s[^;]*?from\s+["\']([^"\']+)["\']', js, re.MULTILINE)
+    assert sorted(imports) == ["../../scripts/api.js", "../../scripts/app.js", "./stack_rows.js"], \
+        "no external imports"
     assert 'name: "lora_state.ledger"' in js
     runtime = ast.parse((ROOT / "nodes" / "runtime.py").read_text(encoding="utf-8"))
     event = _module_constants(runtime)["EVENT"]
@@ -400,12 +407,13 @@ def test_js_talks_to_the_server_we_have():
     assert f'"{prefix}/ledger"' in js
 
 
-def test_js_parses_with_node():
+@pytest.mark.parametrize("js", sorted((ROOT / "web").glob("*.js")), ids=lambda p: p.name)
+def test_js_parses_with_node(js):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: web/lora_state.js syntax not checked")
+        pytest.skip(f"node is not installed: web/{js.name} syntax not checked")
     with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, "lora_state.mjs")   # .mjs: checked as an ES module
-        shutil.copyfile(JS, copy)
+        copy = os.path.join(tmp, js.stem + ".mjs")   # .mjs: checked as an ES module
+        shutil.copyfile(js, copy)
         result = subprocess.run([node, "--check", copy], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
