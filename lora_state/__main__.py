@@ -30,9 +30,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     help_text = "switching benchmark vs full re-patch and PEFT fuse/unfuse (package lora_state_bench)"
     wants_bench = argv is None or "bench" in argv or any(a in ("-h", "--help") for a in argv)
     bench = _bench()[0] if wants_bench else None
-    if bench is None:   # not importable (or not needed): pass the arguments through, fail when it runs
-        bench_parser = commands.add_parser("bench", help=help_text, add_help=False)
-        bench_parser.add_argument("bench_args", nargs=argparse.REMAINDER)
+    if bench is None:   # not needed here, or not importable (main() says so when `bench` is asked for)
+        commands.add_parser("bench", help=help_text)
     else:
         from lora_state_bench import __doc__ as bench_doc
         bench_parser = commands.add_parser("bench", help=help_text, description=bench_doc,
@@ -43,16 +42,17 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        bench, error = _bench()
+        if bench is None:
+            print(BENCH_MISSING.format(error=error), file=sys.stderr)
+            return 2
     args = build_parser(argv).parse_args(argv)
     if args.command == "demo":
         from .demo import run
         run()
         return 0
-    bench, error = _bench()
-    if bench is None:
-        print(BENCH_MISSING.format(error=error), file=sys.stderr)
-        return 2
-    return int(bench.main(args) or 0)
+    return int(_bench()[0].main(args) or 0)
 
 
 if __name__ == "__main__":
