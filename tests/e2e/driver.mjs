@@ -151,6 +151,26 @@ class Run {
     // extensions are set up after the graph exists: wait for ours
     await this.page.waitForFunction(
       () => (window.app.extensions || []).some((e) => /lora.?state/i.test(e.name)), null, { timeout: 30000 });
+    // Every toast shown through the frontend's toast API, kept in window.__e2eToasts with whether its text was
+    // on the page a moment later (PrimeVue .p-toast up to 1.4x, another toast component in 1.5x: the text is
+    // what both show). Toasts vanish after a few seconds, hence the record.
+    await this.page.evaluate(() => {
+      const toast = window.app.extensionManager.toast;
+      if (!toast || toast.__e2eSpy) return;
+      window.__e2eToasts = [];
+      const add = toast.add.bind(toast);
+      toast.add = (msg) => {
+        const rec = { summary: String(msg?.summary ?? ""), detail: String(msg?.detail ?? ""), shown: false };
+        window.__e2eToasts.push(rec);
+        const check = (n) => {
+          if (document.body.innerText.includes(rec.summary)) rec.shown = true;
+          else if (n > 0) setTimeout(() => check(n - 1), 100);
+        };
+        setTimeout(() => check(20), 50);
+        return add(msg);
+      };
+      toast.__e2eSpy = true;
+    });
     await sleep(1000);
   }
 
@@ -356,6 +376,36 @@ class Run {
     await sidebar.waitFor({ state: "hidden", timeout: 10000 }).catch(() => {});
   }
 
+  // Wait for a toast matching `re` shown since toast number `since` (toastCount() before the action).
+  async toastCount() {
+    return await this.page.evaluate(() => window.__e2eToasts?.length ?? 0);
+  }
+
+  async waitToast(re, since = 0, timeout = 20000) {
+    const deadline = Date.now() + timeout;
+    let toasts = [];
+    while (Date.now() < deadline) {
+      toasts = (await this.page.evaluate(() => window.__e2eToasts || [])).slice(since);
+      const hit = toasts.find((t) => re.test(`${t.summary}: ${t.detail}`));
+      if (hit?.shown) return `${hit.summary}: ${hit.detail}`;
+      if (hit && Date.now() > deadline - timeout / 2) throw new Error(`toast ${JSON.stringify(hit)} was not shown on the page`);
+      await sleep(200);
+    }
+    throw new Error(`no toast ${re} within ${timeout / 1000} s; toasts: ${JSON.stringify(toasts)}`);
+  }
+
+  // Wait until every element of `locator` (at least one) matches `re`; returns their texts.
+  async waitTextAll(locator, re, timeout = 20000) {
+    const deadline = Date.now() + timeout;
+    let texts = [];
+    while (Date.now() < deadline) {
+      texts = await locator.allTextContents().catch(() => []);
+      if (texts.length && texts.every((t) => re.test(t))) return texts;
+      await sleep(200);
+    }
+    throw new Error(`not every element matches ${re} within ${timeout / 1000} s; got ${JSON.stringify(texts).slice(0, 800)}`);
+  }
+
   async waitText(locator, re, timeout = 20000) {
     const deadline = Date.now() + timeout;
     let text = "";
@@ -522,19 +572,24 @@ SCENARIOS.stack = async (run) => {
     await page.evaluate((id) => window.app.graph.remove(window.app.graph.getNodeById(id)), stackId);
   }
   run.step("LoRA Stack node deleted");
+  const toastsBefore = await run.toastCount();
   await run.queueAndWait();
   run.step("queued again");
-  const toast = await run.waitText(page.locator(".p-toast"), /removed/i, 20000);
+  const toast = await run.waitToast(/6 LoRAs removed from/i, toastsBefore);
   run.step("toast", toast.replace(/\s+/g, " ").slice(0, 200));
   const sidebar2 = await run.openSidebar();
   const empty = sidebar2.locator(tid(CONTRACT.empty));
   if (await empty.count()) {
     run.step("ledger empty", (await empty.first().textContent()).trim().slice(0, 200));
   } else {
-    const text = (await sidebar2.locator(tid(CONTRACT.model)).allTextContents()).join("\n");
-    const left = LORAS.filter((n) => text.includes(n.split("/").pop()));
-    if (left.length) throw new Error(`ledger still lists ${left}: ${text.slice(0, 800)}`);
-    run.step("ledger lists no LoRA", text.replace(/\s+/g, " ").slice(0, 200));
+    // every model's card: no LoRA listed (its "last change" line may name the removed ones)
+    const cards = await run.waitTextAll(sidebar2.locator(tid(CONTRACT.model)), /none \(clean weights\)/);
+    for (const text of cards) {
+      const listed = text.split(/last change/i)[0];
+      const left = LORAS.filter((n) => listed.includes(n.split("/").pop()));
+      if (left.length) throw new Error(`ledger still lists ${left}: ${text.slice(0, 800)}`);
+    }
+    run.step(`ledger lists no LoRA on its ${cards.length} models`, cards.map((t) => t.replace(/\s+/g, " ").slice(0, 120)).join(" | "));
   }
 };
 
@@ -553,21 +608,39 @@ SCENARIOS.workflows = async (run) => {
       const editor = await run.stackEditor(node.id);
       await editor.waitFor({ state: "visible", timeout: 15000 });
       const rows = await run.readRows(editor);
+      // expected rows: the LoRAs of the 5 numbered slots (workflows saved by the 5-slot node), then the saved rows
       const wv = node.widgets_values || [];
-      if (wv.length >= 20 && typeof wv[0] === "string") {      // saved by the 5-slot node
-        const want = [0, 1, 2, 3, 4].map((i) => ({ lora: wv[4 * i], strength: wv[4 * i + 1], on: wv[4 * i + 3] }))
-          .filter((s) => s.lora && s.lora !== "None");
-        const got = rows.map((r) => ({ lora: r.lora, strength: r.strength, on: r.on }));
-        if (JSON.stringify(got) !== JSON.stringify(want)) {
-          throw new Error(`${name}: 5-slot stack converted to ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-        }
-        run.step(`${name}: 5-slot stack converted to ${rows.length} rows`);
-      } else {
-        run.step(`${name}: stack with ${rows.length} rows`);
+      const slots = [0, 1, 2, 3, 4].map((i) => ({ lora: wv[4 * i], strength: wv[4 * i + 1], on: wv[4 * i + 3] }))
+        .filter((x) => typeof x.lora === "string" && x.lora !== "None" && x.lora !== "");
+      const saved = typeof wv[21] === "string" ? JSON.parse(wv[21]) : [];
+      const want = [...slots, ...saved.map((r) => ({ lora: r.lora, strength: r.strength ?? 1, on: r.on ?? true }))];
+      const got = rows.map((r) => ({ lora: r.lora, strength: r.strength, on: r.on }));
+      if (JSON.stringify(got) !== JSON.stringify(want)) {
+        throw new Error(`${name}: stack shows ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
       }
+      run.step(`${name}: ${slots.length ? `5-slot stack converted to ${rows.length} rows` : `stack with ${rows.length} rows`}`,
+               JSON.stringify(got));
+      // clip strengths survive the conversion: the saved rows carry each slot's own clip strength
+      const serialized = await run.serializedStack(node.id);
+      const savedRows = JSON.parse(serialized.widgets_values.find((v) => typeof v === "string" && v.trim().startsWith("[")) || "[]");
+      slots.forEach((slot, i) => {
+        const clip = wv[4 * [0, 1, 2, 3, 4].filter((k) => typeof wv[4 * k] === "string" && wv[4 * k] !== "None")[i] + 2];
+        const row = savedRows[i] || {};
+        if ((row.strength_clip ?? row.strength) !== clip) {
+          throw new Error(`${name}: slot ${i + 1}'s clip strength ${clip} became ${JSON.stringify(row)}`);
+        }
+      });
+      run.step(`${name}: saved as`, JSON.stringify(serialized?.widgets_values).slice(0, 300));
     }
+    const expectLoras = stacks.length === 1
+      ? (await run.readRows(await run.stackEditor(stacks[0].id))).filter((r) => r.on && r.lora !== "None").length : null;
     await run.queueAndWait();
     run.step(`${name}: queued and executed`);
+    if (wf.nodes.some((n) => n.type === "LoraStateReconcile")) {
+      const re = expectLoras == null ? /\bLoRAs?\b/ : new RegExp(`\\b${expectLoras} LoRAs?\\b`);
+      const text = await run.waitText(run.page.locator(tid(CONTRACT.status)).first(), re);
+      run.step(`${name}: status`, text.replace(/\s+/g, " ").slice(0, 160));
+    }
   }
 };
 
