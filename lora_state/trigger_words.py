@@ -112,16 +112,16 @@ def _unique(words) -> list[str]:
 
 
 def trigger_words_from_metadata(metadata: dict[str, str], top_tags: int = TOP_TAGS) -> dict:
-    """{"trigger_words": [...], "source": "explicit" | "training tags" | "none", "name": str, "tags": [...]}."""
+    """{"trigger_words": [...], "source": "explicit" | "training tags" | "none", "title": str, "tags": [...]}."""
     explicit = [p for key in EXPLICIT_KEYS if metadata.get(key) for p in _split_phrases(metadata[key])]
     if explicit:
         words, source = _unique(explicit), "explicit"
     else:
         words = _unique(_dataset_tokens(metadata) + _top_tags(metadata, top_tags))
         source = "training tags" if words else "none"
-    name = next((metadata[k].strip() for k in NAME_KEYS if metadata.get(k, "").strip()), "")
+    title = next((metadata[k].strip() for k in NAME_KEYS if metadata.get(k, "").strip()), "")
     tags = _split_phrases(metadata.get("modelspec.tags", ""))
-    return {"trigger_words": words, "source": source, "name": name, "tags": tags}
+    return {"trigger_words": words, "source": source, "title": title, "tags": tags}
 
 
 def trigger_words(path: str | os.PathLike, top_tags: int = TOP_TAGS) -> dict:

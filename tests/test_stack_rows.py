@@ -70,7 +70,7 @@ def test_explicit_trigger_phrase_wins(tmp_path):
         "modelspec.trigger_phrase": "zxc style, Zxc style,  neon",
         "ss_tag_frequency": json.dumps({"10_foo": {"1girl": 9}}), "ss_output_name": "zxc", "modelspec.tags": "a, b"})
     words = trigger_words(path)
-    assert words == {"trigger_words": ["zxc style", "neon"], "source": "explicit", "name": "zxc", "tags": ["a", "b"]}
+    assert words == {"trigger_words": ["zxc style", "neon"], "source": "explicit", "title": "zxc", "tags": ["a", "b"]}
 
 
 def test_kohya_training_tags(tmp_path):

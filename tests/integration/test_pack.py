@@ -55,7 +55,7 @@ def test_nodes_are_registered(ours):
     for node in ("LoraStateStack", "LoraStateReconcile", "LoraStateReset"):
         assert info[node]["category"] == "loaders/lora_state"
     assert info["LoraStateReconcile"]["output"] == ["MODEL", "CLIP", "STRING"]
-    assert info["LoraStateStack"]["output"] == ["LORA_STACK"]
+    assert info["LoraStateStack"]["output"] == ["LORA_STACK", "STRING"]   # lora_stack, trigger_words
 
 
 def test_node_api_v3_by_default_and_v1_on_request(ours, comfy_server, native):
