@@ -174,25 +174,40 @@ def ledger_of(patcher) -> dict | None:
 
 
 def status_payload(reports: dict, ledgers: dict, loras: int) -> dict:
-    """What LoRA Reconcile shows on the graph after a run, per part (model, clip): the ledger's LoRAs and keys,
-    the time this run took, the backend and drift, and the files whose keys did not fit (unmatched/mismatched)."""
+    """What LoRA Reconcile shows on the graph after a run: per part (model, clip) the ledger's LoRAs and keys, the
+    time this run took, the backend and drift; and the files whose keys did not fit (`flagged`)."""
     parts = {}
     for what, report in reports.items():
         ledger = ledgers.get(what) or {}
-        flagged = {}
-        for name, coverage in (report.coverage if report else {}).items():
-            unmatched, mismatched = len(coverage.get("unmatched", ())), len(coverage.get("shape_mismatched", ()))
-            if unmatched or mismatched:
-                flagged[name] = {"unmatched": unmatched, "mismatched": mismatched,
-                                 "matched": coverage.get("matched", 0)}
         parts[what] = {"id": ledger.get("id"), "loras": len(ledger.get("stack", ())),
                        "keys": ledger.get("keys_touched", 0), "ms": round((report.seconds if report else 0.0) * 1000, 1),
                        "backend": ledger.get("backend", "none"), "mode": ledger.get("mode"),
                        "max_drift_ulps": ledger.get("max_drift_ulps", 0.0),
                        "backup_bytes": ledger.get("backup_bytes", 0),
-                       "keys_changed": report.keys_changed if report else 0, "flagged": flagged,
-                       "error": ledger.get("last_error") or ""}
-    return {"requested": loras, "parts": parts}
+                       "keys_changed": report.keys_changed if report else 0, "error": ledger.get("last_error") or ""}
+    return {"requested": loras, "parts": parts, "flagged": flagged_files(reports)}
+
+
+def flagged_files(reports: dict) -> dict:
+    """{file: {"unmatched", "mismatched"}} for files that did not fit. A file's text-encoder keys never match the
+    diffusion model (and the reverse), so with both parts a key counts as unmatched only if neither part knows it;
+    with one part, a file is flagged for unmatched keys only when none of its keys matched."""
+    per_file: dict[str, list[dict]] = {}
+    done = [report for report in reports.values() if report]
+    for report in done:
+        for name, coverage in report.coverage.items():
+            per_file.setdefault(name, []).append(coverage)
+    flagged = {}
+    for name, coverages in per_file.items():
+        sets = [set(c.get("unmatched", ())) for c in coverages]
+        if len(coverages) > 1 and len(coverages) == len(done):
+            unmatched = len(set.intersection(*sets))
+        else:
+            unmatched = len(set.union(*sets)) if not any(c.get("matched", 0) for c in coverages) else 0
+        mismatched = sum(len(c.get("shape_mismatched", ())) for c in coverages)
+        if unmatched or mismatched:
+            flagged[name] = {"unmatched": unmatched, "mismatched": mismatched}
+    return flagged
 
 
 def report_text(reports: dict) -> str:

@@ -123,31 +123,25 @@ const num = (x, digits = 2) => (typeof x === "number" && Number.isFinite(x) ? Nu
 export const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 // LoRA Reconcile's `ui.lora_state_status[0]` -> lines for the node: one per part (model, clip), then one per file
-// whose keys did not fit.
+// whose keys did not fit (`flagged`, decided by the server: keys neither part knows, or shape mismatches).
 export function statusLines(status) {
   if (!status || !status.parts) return ["not run yet"];
   const lines = [];
-  const flagged = {};
+  const backend = { "in place": "in place", patches: "ComfyUI patches", mixed: "in place + patches", none: "none" };
   for (const [what, part] of Object.entries(status.parts)) {
     if (!part.id && !part.loras) {
       lines.push(`${what}: no LoRAs, clean weights`);
       continue;
     }
-    const backend = { "in place": "in place", patches: "ComfyUI patches", mixed: "in place + patches", none: "none" };
     let line = `${what}${part.id ? " (" + part.id + ")" : ""}: ${plural(part.loras, "LoRA")}, ${plural(part.keys, "key")}, ` +
       `${num(part.ms, 1)} ms; ${backend[part.backend] || part.backend}; drift ${num(part.max_drift_ulps, 2)} ulp`;
     if (part.error) line += `; error: ${part.error}`;
     lines.push(line);
-    for (const [name, f] of Object.entries(part.flagged || {})) {
-      const why = [f.unmatched ? `${f.unmatched} unmatched` : "", f.mismatched ? `${f.mismatched} mismatched` : ""]
-        .filter(Boolean).join(", ");
-      (flagged[name] ||= []).push(`${what}: ${why}`);
-    }
   }
-  // A file is only suspicious when neither part matched its keys in full (a UNet-only LoRA leaves clip unmatched).
-  const parts = Object.keys(status.parts).length;
-  for (const [name, reasons] of Object.entries(flagged)) {
-    if (reasons.length === parts) lines.push(`⚠ ${name}: keys did not fit (${reasons.join("; ")})`);
+  for (const [name, f] of Object.entries(status.flagged || {})) {
+    const why = [f.unmatched ? `${f.unmatched} unmatched` : "", f.mismatched ? `${f.mismatched} mismatched` : ""]
+      .filter(Boolean).join(", ");
+    lines.push(`⚠ ${name}: keys did not fit this model (${why})`);
   }
   return lines;
 }
