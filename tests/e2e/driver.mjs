@@ -666,7 +666,23 @@ SCENARIOS.screenshots = async (run) => {
   await run.queueAndWait();
   const status = page.locator(tid(CONTRACT.status)).first();
   await run.waitText(status, /LoRAs?/);
-  await sleep(500);
+  // as a user would: move the graph below the floating toolbar, fit each node to its content
+  const sizes = await page.evaluate(({ stack, reconcile }) => {
+    const { app } = window;
+    const out = {};
+    for (const [id, width] of [[stack, 560], [reconcile, 460]]) {
+      const node = app.graph.getNodeById(id);
+      const min = node.computeSize();
+      node.setSize([Math.max(width, min[0]), min[1]]);
+      out[id] = [...node.size];
+    }
+    app.graph.getNodeById(reconcile).pos = [640, 20];
+    app.canvas.ds.offset = [40, 150];
+    app.graph.setDirtyCanvas(true, true);
+    return out;
+  }, ids);
+  run.step("node sizes", JSON.stringify(sizes));
+  await sleep(800);
   await nodeShot(page, ids.stack, path.join(dir, "stack.png"));
   await nodeShot(page, ids.reconcile, path.join(dir, "status.png"));
   const sidebar = await run.openSidebar();
