@@ -5,8 +5,9 @@ builders of tests/integration/build_assets.py, which set ComfyUI up for CPU):
 
     python build.py sd15 DEST_DIR     # full SD1.5: 860M-parameter UNet + CLIP-L, fp16 on disk
     python build.py sdxl DEST_DIR     # full SDXL: 2.6G-parameter UNet + CLIP-L + CLIP-G, fp16 on disk
-    python build.py sdxl --check      # only the configuration: detected model, parameters, LoRA target keys
-                                      # (modules allocated but never initialised or written: no time, no disk)
+    python build.py sdxl --check [DEST_DIR]   # only the configuration: detected model, parameters, LoRA target
+                                      # keys (modules allocated, never initialised or written: seconds, no disk);
+                                      # with DEST_DIR, also loads its LoRAs with ComfyUI's load_lora
 
 Each writes DEST_DIR/models/checkpoints/<size>_size.safetensors, five rank-32 kohya LoRAs
 DEST_DIR/models/loras/<size>_r32_<i>.safetensors on every transformer Linear / 1x1 conv of the UNet (attention
@@ -83,11 +84,15 @@ def sdxl_model(dtype, initialise):
     return model, clip, left
 
 
+def key_map(model, clip):
+    """ComfyUI's LoRA key maps (LoRA name -> model key) for the model and its text encoders."""
+    return comfy.lora.model_lora_keys_unet(model, {}), comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+
+
 def lora_targets(model, clip):
     """(kohya name, model key) of every UNet transformer Linear / 1x1 conv and every text-encoder attention/MLP
     Linear, as ComfyUI's own key maps name them."""
-    unet_map = comfy.lora.model_lora_keys_unet(model, {})
-    clip_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    unet_map, clip_map = key_map(model, clip)
     params = dict(model.named_parameters())
     unet = []
     for diffusers_key, unet_key in comfy.utils.unet_to_diffusers(model.model_config.unet_config).items():
@@ -109,14 +114,24 @@ def lora_targets(model, clip):
     return sorted(unet, key=lambda t: t["key"]), te
 
 
-def check_sdxl():
-    """The configuration without the weights: parameters are allocated (never touched, so they take no memory)."""
+def check_sdxl(dest=None):
+    """The configuration without the weights: parameters are allocated (never touched, so they take no memory).
+    With `dest` (a built folder), also loads each LoRA there with ComfyUI's load_lora against the key maps: every
+    tensor must be used and every target module patched."""
     model, clip, _ = sdxl_model(torch.float16, initialise=False)
     unet, te = lora_targets(model, clip)
     unet_params = sum(p.numel() for p in model.diffusion_model.parameters())
     clip_params = {name: sum(p.numel() for p in getattr(clip.cond_stage_model, name).parameters())
                    for name in ("clip_l", "clip_g")}
-    return {"size": "sdxl", "detected": type(model.model_config).__name__, "unet_params": unet_params,
+    verified = []
+    if dest:
+        unet_map, clip_map = key_map(model, clip)
+        with open(os.path.join(dest, "bench_manifest.json")) as handle:
+            for lora in json.load(handle)["loras"]:
+                assets.verify_lora(os.path.join(dest, "models", "loras", lora), unet_map | clip_map,
+                                   [t["key"] for t in unet + te])
+                verified.append(lora)
+    return {"size": "sdxl", "loras_verified": verified, "detected": type(model.model_config).__name__, "unet_params": unet_params,
             "clip_params": clip_params, "unet_keys": len(unet), "te_keys": len(te),
             "te_keys_by_encoder": {p: sum(t["kohya"].startswith(p) for t in te) for p in ("lora_te1_", "lora_te2_")},
             "unet_key_kinds": sorted({re.sub(r".*transformer_blocks_\d+_|.*attentions_\d+_", "", t["kohya"])
@@ -150,6 +165,8 @@ def build_sdxl(dest):
     params = int(sum(t.numel() for t in out.values()))
     del out, sd, vae
     unet, te = lora_targets(model, clip)
+    unet_map, clip_map = key_map(model, clip)
+    verify_maps = unet_map | clip_map
     weights = dict(model.named_parameters()) | {k: v for k, v in clip.cond_stage_model.state_dict().items()}
     weights = {t["key"]: weights[t["key"]].detach() for t in unet + te}
     del model, clip
@@ -160,15 +177,19 @@ def build_sdxl(dest):
         assets.write_lora(os.path.join(lora_dir, lora),
                           assets.kohya(unet + te, weights, RANK, ALPHA, seed=700 + index))
         manifest["loras"].append(lora)
+    if verify_maps is not None:
+        for lora in manifest["loras"]:
+            assets.verify_lora(os.path.join(lora_dir, lora), verify_maps, [t["key"] for t in unet + te])
     return manifest
 
 
 def main(argv):
-    if len(argv) != 2 or argv[0] not in ("sd15", "sdxl"):
-        sys.exit("usage: build.py sd15|sdxl DEST_DIR  |  build.py sdxl --check")
-    size, dest = argv
+    if len(argv) not in (2, 3) or argv[0] not in ("sd15", "sdxl"):
+        sys.exit("usage: build.py sd15|sdxl DEST_DIR  |  build.py sdxl --check [BUILT_DIR]")
+    size, dest = argv[:2]
     if dest == "--check":
-        print(json.dumps(check_sdxl() if size == "sdxl" else {"size": size, "unet_config": SD15_UNET}))
+        built = argv[2] if len(argv) == 3 else None
+        print(json.dumps(check_sdxl(built) if size == "sdxl" else {"size": size, "unet_config": SD15_UNET}))
         return
     manifest = build_sd15(dest) if size == "sd15" else build_sdxl(dest)
     with open(os.path.join(dest, "bench_manifest.json"), "w") as handle:
