@@ -276,7 +276,7 @@ class StackEditor {
       main.append(
         button("↑", "Move up", "row-up", () => this.commit(moveRow(this.rows(), index, -1))),
         button("↓", "Move down", "row-down", () => this.commit(moveRow(this.rows(), index, 1))),
-        button("⧉", "Duplicate", "row-duplicate", () => this.commit(duplicateRow(this.rows(), index))),
+        button("dup", "Duplicate this row", "row-duplicate", () => this.commit(duplicateRow(this.rows(), index))),
         button("✕", "Remove", "row-remove", () => this.commit(removeRow(this.rows(), index))),
       );
       const words = el("div", "", "font-size:10px;opacity:.6;padding-left:18px;white-space:nowrap;overflow:hidden;" +
