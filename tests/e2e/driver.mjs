@@ -593,6 +593,144 @@ SCENARIOS.stack = async (run) => {
   }
 };
 
+// Row editing beyond the stack scenario: duplicate, remove, move up/down, the header toggle, separate clip strength;
+// the saved rows and the run follow; the status fits inside LoRA Reconcile at the size it has.
+SCENARIOS.editing = async (run) => {
+  const { page } = run;
+  const ids = await run.buildTestGraph();
+  const editor = await run.stackEditor(ids.stack);
+  await editor.waitFor({ state: "visible", timeout: 15000 });
+  const names = ["kohya_lora_a.safetensors", "kohya_lora_b.safetensors", "locon_conv.safetensors"];
+  for (let i = 0; i < names.length; i++) {
+    if ((await run.rows(editor).count()) <= i) await editor.locator(tid(CONTRACT.addRow)).click();
+    await run.pickLora(run.rows(editor).nth(i), names[i]);
+  }
+  const order = async () => (await run.readRows(editor)).map((r) => r.lora.replace(".safetensors", ""));
+  const expectOrder = async (want, what) => {
+    const got = await order();
+    if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(`${what}: rows ${got}, want ${want}`);
+    run.step(what, got.join(", "));
+  };
+  await expectOrder(["kohya_lora_a", "kohya_lora_b", "locon_conv"], "3 rows picked");
+  await run.rows(editor).nth(0).locator(tid(CONTRACT.rowDuplicate)).click();
+  await expectOrder(["kohya_lora_a", "kohya_lora_a", "kohya_lora_b", "locon_conv"], "row 1 duplicated");
+  await run.rows(editor).nth(1).locator(tid(CONTRACT.rowRemove)).click();
+  await expectOrder(["kohya_lora_a", "kohya_lora_b", "locon_conv"], "row 2 removed");
+  await run.rows(editor).nth(0).locator(tid(CONTRACT.rowDown)).click();
+  await expectOrder(["kohya_lora_b", "kohya_lora_a", "locon_conv"], "row 1 moved down");
+  await run.rows(editor).nth(2).locator(tid(CONTRACT.rowUp)).click();
+  await expectOrder(["kohya_lora_b", "locon_conv", "kohya_lora_a"], "row 3 moved up");
+  // header toggle: all off, then all on
+  const toggleAll = editor.locator(tid(CONTRACT.toggleAll));
+  await toggleAll.click();
+  if ((await run.readRows(editor)).some((r) => r.on)) throw new Error("header toggle left a row on");
+  await toggleAll.click();
+  if (!(await run.readRows(editor)).every((r) => r.on)) throw new Error("header toggle left a row off");
+  run.step("header toggle: all off, all on");
+  // separate clip strength: a clip field per row
+  if (await editor.locator(tid(CONTRACT.rowStrengthClip)).count()) throw new Error("clip strength shown before asked for");
+  await editor.locator(tid(CONTRACT.clipSeparate)).click();
+  await editor.locator(tid(CONTRACT.rowStrengthClip)).nth(2).waitFor({ state: "visible" });
+  const clipInput = run.rows(editor).nth(0).locator(tid(CONTRACT.rowStrengthClip));
+  await clipInput.click();
+  await clipInput.fill("0.3");
+  await clipInput.press("Enter");
+  await run.setStrength(run.rows(editor).nth(0), 0.9);
+  run.step("separate clip strength on; row 1: model 0.9, clip 0.3");
+  const saved = await run.serializedStack(ids.stack);
+  const rowsJson = JSON.parse(saved.widgets_values.find((v) => typeof v === "string" && v.trim().startsWith("[")));
+  const want = [["kohya_lora_b.safetensors", 0.9, 0.3], ["locon_conv.safetensors", 1, null], ["kohya_lora_a.safetensors", 1, null]];
+  const got = rowsJson.map((r) => [r.lora, r.strength, r.strength_clip ?? null]);
+  // rows 2-3 may carry their model strength as clip strength once the clip fields exist
+  const same = want.every(([l, sm, sc], i) => got[i] && got[i][0] === l && got[i][1] === sm && (got[i][2] === sc || (sc === null && got[i][2] === sm)));
+  if (got.length !== 3 || !same || !saved.widgets_values.includes(true)) {
+    throw new Error(`saved rows ${JSON.stringify(saved.widgets_values).slice(0, 600)}, want ${JSON.stringify(want)} and clip separate on`);
+  }
+  run.step("saved rows", JSON.stringify(got));
+  await run.queueAndWait();
+  const status = page.locator(tid(CONTRACT.status)).first();
+  const text = await run.waitText(status, /\b3 LoRAs\b/);
+  run.step("queued; status", text.replace(/\s+/g, " ").slice(0, 160));
+  const sidebar = await run.openSidebar();
+  const cards = await run.waitTextAll(sidebar.locator(tid(CONTRACT.model)), /kohya_lora_b/);
+  const clipCard = cards.find((t) => /^\s*clip/i.test(t) || /CLIP/.test(t.slice(0, 40)));
+  if (!clipCard || !/kohya_lora_b\.safetensors\s*×0\.3\b/.test(clipCard)) {
+    throw new Error(`the clip's ledger should list kohya_lora_b ×0.3: ${JSON.stringify(cards).slice(0, 800)}`);
+  }
+  if (!cards.some((t) => /kohya_lora_b\.safetensors\s*×0\.9\b/.test(t))) throw new Error(`no model ×0.9 in ${cards}`);
+  run.step("ledger: model ×0.9, clip ×0.3 for kohya_lora_b");
+  await run.closeSidebar();
+  // the status is readable where it is: inside LoRA Reconcile's box on the canvas, not cut off
+  await sleep(500);
+  const fit = await page.evaluate(({ id, sel }) => {
+    const { app, LiteGraph } = window;
+    const node = app.graph.getNodeById(id);
+    const ds = app.canvas.ds;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const bottom = rect.top + (node.pos[1] + node.size[1] + ds.offset[1]) * ds.scale;
+    const el = document.querySelector(sel);
+    const r = el.getBoundingClientRect();
+    return { nodeBottom: Math.round(bottom), statusBottom: Math.round(r.bottom), scroll: el.scrollHeight, client: el.clientHeight,
+             size: [...node.size] };
+  }, { id: ids.reconcile, sel: tid(CONTRACT.status) });
+  if (fit.statusBottom > fit.nodeBottom + 2 || fit.scroll > fit.client + 2) {
+    throw new Error(`LoRA Reconcile's status is cut off at the node's size ${fit.size}: ${JSON.stringify(fit)}`);
+  }
+  run.step("status fits inside LoRA Reconcile", JSON.stringify(fit));
+};
+
+// The sidebar's actions: Verify (toast), toasts silenced by the setting, Reset LoRA State by its keybinding
+// (confirmed): the ledger empties.
+SCENARIOS.sidebar = async (run) => {
+  const { page } = run;
+  page.on("dialog", (d) => d.accept());
+  const ids = await run.buildTestGraph();
+  const editor = await run.stackEditor(ids.stack);
+  await editor.waitFor({ state: "visible", timeout: 15000 });
+  for (const [i, name] of ["kohya_lora_a.safetensors", "lokr.safetensors"].entries()) {
+    if ((await run.rows(editor).count()) <= i) await editor.locator(tid(CONTRACT.addRow)).click();
+    await run.pickLora(run.rows(editor).nth(i), name);
+  }
+  await run.queueAndWait();
+  const sidebar = await run.openSidebar();
+  await run.waitText(sidebar.locator(tid(CONTRACT.model)), /lokr/);
+  let since = await run.toastCount();
+  await sidebar.locator(tid(CONTRACT.verify)).first().click();
+  run.step("Verify", await run.waitToast(/verified/i, since));
+  // toasts off: removing a LoRA says nothing
+  await page.evaluate(async () => await window.app.extensionManager.setting.set("LoraState.Toasts", false));
+  await run.rows(editor).nth(1).locator(tid(CONTRACT.rowRemove)).click();
+  since = await run.toastCount();
+  await run.queueAndWait();
+  await sleep(3000);
+  const silent = (await page.evaluate(() => window.__e2eToasts)).slice(since).filter((t) => /removed/i.test(t.summary));
+  if (silent.length) throw new Error(`toast shown with LoraState.Toasts off: ${JSON.stringify(silent)}`);
+  // each card's LoRA list (the text before its "last change" line) no longer names lokr
+  const deadline = Date.now() + 20000;
+  let listed;
+  do {
+    listed = (await sidebar.locator(tid(CONTRACT.model)).allTextContents()).map((t) => t.split(/last change/i)[0]);
+    if (listed.length && !listed.some((t) => t.includes("lokr"))) break;
+    await sleep(200);
+  } while (Date.now() < deadline);
+  if (listed.some((t) => t.includes("lokr"))) throw new Error(`lokr still in the ledger: ${listed}`);
+  run.step("LoraState.Toasts off: no toast for the removed LoRA");
+  await page.evaluate(async () => await window.app.extensionManager.setting.set("LoraState.Toasts", true));
+  // Reset LoRA State: its keybinding (Alt+Shift+R), confirmed
+  await page.locator("#graph-canvas, canvas").first().click({ position: { x: 900, y: 700 } }).catch(() => {});
+  since = await run.toastCount();
+  await page.keyboard.press("Alt+Shift+KeyR");
+  const reset = await run.waitToast(/reset/i, since).catch(async (err) => {
+    run.step("keybinding gave no toast; running the command LoraState.ResetAll");
+    await page.evaluate(() => window.app.extensionManager.command.execute("LoraState.ResetAll"));
+    return await run.waitToast(/reset/i, since);
+  });
+  run.step("Reset LoRA State", reset);
+  const cards = await run.waitTextAll(sidebar.locator(tid(CONTRACT.model)), /none \(clean weights\)/)
+    .catch(async () => [await sidebar.locator(tid(CONTRACT.empty)).textContent()]);
+  run.step("ledger after reset", cards.map((t) => t.replace(/\s+/g, " ").slice(0, 100)).join(" | "));
+};
+
 // Every example workflow, and one saved with the 5-slot node, loads (old stacks become rows) and queues.
 SCENARIOS.workflows = async (run) => {
   const files = [

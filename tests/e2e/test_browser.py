@@ -13,6 +13,10 @@ Scenarios (driver.mjs):
                with LoRA Stack + LoRA Reconcile queues and runs
     stack      7 rows built by clicking, toggled and re-weighted, queued; status on LoRA Reconcile; ledger in the
                sidebar; rows intact after a reload; the stack node deleted, queued again: toast, ledger empty
+    editing    duplicate, remove, move rows, header toggle, separate clip strength: saved rows, run, ledger per
+               model/clip; the status fits inside LoRA Reconcile
+    sidebar    Verify (toast), the LoraState.Toasts setting silences the removal toast, Reset LoRA State by its
+               keybinding (confirmed) empties the ledger
     workflows  each example workflow and a workflow saved with the 5-slot node load (old slots become rows) and run
 Every scenario fails on a console error or page error coming from the pack's files.
 """
@@ -27,7 +31,7 @@ import pytest
 
 import e2e_support as s
 
-SCENARIOS = ("smoke", "stack", "workflows")
+SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows")
 
 
 def _frontend_ids():
