@@ -1,17 +1,20 @@
 """The applier: carry out a plan on the live weights, in place, all or nothing.
 
 Every write goes into the existing tensor (same storage, dtype and shape), so references held elsewhere and
-compiled graphs stay valid. If anything fails or is interrupted part-way (an exception from the math, a
-KeyboardInterrupt, the progress callback raising for a UI interrupt), every key already written is put back to
-its previous stack: recomputed from its clean backup where one exists (bit-exact for keys that carried no drift;
-keys that did come back at the exact value, with less drift), else from an undo copy taken just before. So undo
-copies are taken only for keys without a clean copy (delta mode), never on the common path.
+compiled graphs stay valid. Where the host can split a key's contributions by rows, a key is converted, updated and
+rounded one cache-sized row block at a time: one pass over its memory whatever its dtype.
+
+If anything fails or is interrupted part-way (an exception from the math, a KeyboardInterrupt, the progress
+callback raising for a UI interrupt), every key already written is put back to its previous stack: recomputed from
+its clean backup where one exists (bit-exact for keys that carried no drift; keys that did come back at the exact
+value, with less drift), undone by the opposite step for delta steps done by rows (their drift bound grows by that
+step's arithmetic), else from an undo copy taken just before. So undo copies are rare: never on the common path.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -45,11 +48,22 @@ def ulp_at_max(tensor: torch.Tensor) -> float:
     return ulp_of(max_magnitude(tensor), tensor.dtype) if tensor.numel() else 0.0
 
 
+@dataclass
+class Written:
+    """A key the applier has begun to write, and how a rollback puts it back."""
+    key_plan: KeyPlan
+    undo: torch.Tensor | None            # a copy of the bits before the write, where nothing else can restore them
+    took_backup: bool
+    reversible: bool = False             # a delta step done by rows: undone by the opposite step, no copy
+    rows: int | None = 0                 # rows written so far (None: all of them)
+    before: float = 0.0                  # magnitude bound before the step
+
+
 def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                progress: Callable[[int, int], None] | None = None) -> ApplyStats:
     started = time.perf_counter()
     total = len(plan.work)
-    done: list[tuple[KeyPlan, torch.Tensor | None, bool]] = []
+    done: list[Written] = []
     stats = ApplyStats()
     with torch.no_grad():
         try:
@@ -62,9 +76,12 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 if key_plan.path == "relabel":
                     stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
                     continue
-                # With the true clean weight at hand, a rollback recomputes the old stack from it: no undo copy.
+                # With the true clean weight at hand, a rollback recomputes the old stack from it; a delta step
+                # done by rows is undone by the opposite step. Only other keys need an undo copy.
                 clean_at_hand = backups.drift(key_plan.key) == 0.0 or (key_plan.needs_backup and not key_plan.unwind)
-                undo = None if key_plan.reproducible or clean_at_hand else live.detach().clone()
+                reversible = not (key_plan.reproducible or clean_at_hand) and key_plan.path == "delta" and \
+                    _splits_by_rows(host, key_plan, live, patch_of)
+                undo = None if key_plan.reproducible or clean_at_hand or reversible else live.detach().clone()
                 took_backup = False
                 if key_plan.needs_backup:
                     if key_plan.unwind:
@@ -73,8 +90,14 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                     else:
                         backups.put(key_plan.key, live)
                     took_backup = True
-                done.append((key_plan, undo, took_backup))   # before the write: a half-written key is undone too
-                write_key(host, key_plan, live, backups, patch_of)
+                written = Written(key_plan, undo, took_backup, reversible, before=before)
+                done.append(written)   # before the write: a half-written key is undone too
+                try:
+                    write_key(host, key_plan, live, backups, patch_of)
+                except BaseException as exc:
+                    written.rows = getattr(exc, "lora_state_rows_written", 0)
+                    raise
+                written.rows = None
                 if key_plan.path == "delta":
                     stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
                 else:
@@ -87,10 +110,19 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 if progress is not None:
                     progress(stats.keys_written, total)
         except BaseException as exc:
-            exc.lora_state_recomputed = _rollback(host, done, backups, patch_of)
+            exc.lora_state_recomputed = _rollback(host, done, backups, patch_of, stats.drift)
             raise
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _delta_contributions(key_plan: KeyPlan, patch_of: PatchOf, sign: float = 1.0) -> list:
+    return [(patch_of(sha, key_plan.key), sign * change) for sha, change in key_plan.delta_terms]
+
+
+def _splits_by_rows(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchOf) -> bool:
+    return bool(live.dim()) and live.is_contiguous() and \
+        host.row_updates(key_plan.key, live, _delta_contributions(key_plan, patch_of), True) is not None
 
 
 def _terms(host: Host, key: str, patch_of: PatchOf, pairs) -> list:
@@ -147,8 +179,7 @@ def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: Backup
         contributions = [(patch_of(c.sha256, key), c.strength) for c in key_plan.new]
         write_exact(host, key, live, backups.get(key, live.device), contributions)
     elif key_plan.path == "delta":
-        terms = [(patch_of(sha, key), change) for sha, change in key_plan.delta_terms]
-        _write_combined(host, key, live, live, terms, combine=host.add_terms)
+        _write_combined(host, key, live, live, _delta_contributions(key_plan, patch_of), delta_step=True)
     else:
         raise ValueError(f"unknown path {key_plan.path!r} for {key}")
 
@@ -165,9 +196,21 @@ def exact_value(host: Host, key: str, clean: torch.Tensor, contributions) -> tor
     return out
 
 
+#: fp32 work per row block. Small enough to stay in a core's cache from the conversion through the LoRA products
+#: to the rounding, so that each key is read and written once whatever its dtype and number of contributions.
+BLOCK_BYTES = 1 << 18
+
+
 def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, contributions,
-                    combine=None) -> None:
-    combine = combine or host.combine
+                    delta_step: bool = False, rows: int | None = None) -> None:
+    """live := round(start in the work dtype + contributions): by row blocks where the host can split every
+    contribution by rows (Host.row_updates), else on the whole weight at once. `rows`: only the first rows
+    (the rollback of a delta step that was interrupted part-way)."""
+    updates = host.row_updates(key, live, contributions, delta_step)
+    if updates is not None and live.dim() and live.is_contiguous() and start.is_contiguous():
+        _write_by_rows(host, key, live, start, updates, rows)
+        return
+    combine = host.add_terms if delta_step else host.combine
     if host.identity_rounding(live.dtype) and live.is_contiguous():
         # fp32 weights: work directly in the live tensor, no temporary copy.
         if start is not live:
@@ -176,21 +219,59 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
         if out is not live:
             live.copy_(out)
         return
-    out = combine(key, _fp32_scratch(start).copy_(start), contributions)
+    out = combine(key, _work_scratch(start, start.numel(), torch.float32).view(start.shape).copy_(start),
+                  contributions)
     host.write_rounded(key, live, out)
+
+
+def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, updates,
+                   rows: int | None = None) -> None:
+    """One pass per row block: convert to the work dtype, add every update, round back. A block's rows are written
+    by one final copy, so an exception (an interrupt) leaves whole blocks written and the rest untouched; the
+    exception carries how many rows were written (`lora_state_rows_written`), which the rollback reverses."""
+    total = live.shape[0]
+    if total == 0 or live.numel() == 0:
+        return
+    cols = live.numel() // total
+    rows = total if rows is None else rows
+    target, source = live.view(total, cols), start.view(total, cols)
+    # fp32 weight and work, one update from another tensor (an exact write, or a one-term step): the live rows are
+    # the work. Otherwise the block is computed aside and copied back in one op.
+    in_place = host.identity_rounding(live.dtype) and (source is not target or len(updates) == 1)
+    step = max(1, BLOCK_BYTES // (4 * cols))
+    scratch = None if in_place else _work_scratch(live, min(step, rows) * cols, host.work_dtype())
+    first = 0
+    try:
+        for first in range(0, rows, step):
+            last = min(first + step, rows)
+            if in_place:
+                block = target[first:last]
+                if source is not target:
+                    block.copy_(source[first:last])
+            else:
+                block = scratch[: (last - first) * cols].view(last - first, cols).copy_(source[first:last])
+            for update in updates:
+                update(block, first, last)
+            if not in_place:
+                host.write_rounded(key, target[first:last], block)
+    except BaseException as exc:
+        exc.lora_state_rows_written = first
+        raise
 
 
 _scratch = threading.local()
 
 
-def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
-    """A reused fp32 work buffer shaped like `like`. A fresh multi-MB allocation per key costs page faults that
-    take as long as the arithmetic itself on CPU; the buffer grows to the largest key and stays (per thread)."""
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < like.numel() or buffer.device != like.device:
-        buffer = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
-        _scratch.buffer = buffer
-    return buffer[: like.numel()].view(like.shape)
+def _work_scratch(like: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A reused flat work buffer on like's device. A fresh multi-MB allocation per key costs page faults that
+    take as long as the arithmetic itself on CPU; the buffer grows to the largest need and stays (per thread)."""
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buffer = buffers.get((like.device, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[(like.device, dtype)] = torch.empty(numel, dtype=dtype, device=like.device)
+    return buffer[:numel]
 
 
 def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchOf) -> torch.Tensor:
@@ -202,14 +283,22 @@ def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchO
     return clean
 
 
-def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> dict:
-    """Put every written key back at its previous stack. Returns {key: 0.0} for keys recomputed from their true
-    clean copy whose previous bits carried drift: they are now at the exact value of that stack."""
+def _rollback(host: Host, done: list[Written], backups: BackupStore, patch_of: PatchOf, drift: dict) -> dict:
+    """Put every written key back at its previous stack. Returns {key: (drift, ulp, error, magnitude)} for keys
+    whose bits changed state: recomputed from their true clean copy (now the exact value of the old stack, no
+    drift) or undone by the opposite delta step (the two steps' arithmetic added to the old bound)."""
     recomputed = {}
-    for key_plan, undo, took_backup in reversed(done):
+    for written in reversed(done):
+        key_plan = written.key_plan
         live = host.parameter(key_plan.key)
-        if undo is not None:
-            live.copy_(undo)
+        if written.undo is not None:
+            live.copy_(written.undo)
+        elif written.reversible:
+            if written.rows != 0:
+                _write_combined(host, key_plan.key, live, live, _delta_contributions(key_plan, patch_of, -1.0),
+                                delta_step=True, rows=written.rows)
+                recomputed[key_plan.key] = _reversed_drift(host, key_plan, live, patch_of, written.before,
+                                                           backups, drift.get(key_plan.key))
         else:
             if key_plan.old:
                 contributions = [(patch_of(c.sha256, key_plan.key), c.strength) for c in key_plan.old]
@@ -217,7 +306,17 @@ def _rollback(host: Host, done, backups: BackupStore, patch_of: PatchOf) -> dict
             else:
                 live.copy_(backups.get(key_plan.key, live.device))
             if not key_plan.reproducible:
-                recomputed[key_plan.key] = 0.0     # the exact value of the old stack, from the true clean weight
-        if took_backup:
+                recomputed[key_plan.key] = (0.0, 0.0, None, 0.0)   # the exact value of the old stack
+        if written.took_backup:
             backups.drop(key_plan.key)
     return recomputed
+
+
+def _reversed_drift(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchOf, before: float,
+                    backups: BackupStore, forward: tuple | None) -> tuple:
+    """The bound after a delta step and its opposite: the forward step's bound (computed now if the step was cut
+    short: a bound for every row, written or not), then the opposite step from the new stack back to the old."""
+    drift, _, error, magnitude = forward or _step_drift(host, key_plan, live, patch_of, before, backups)
+    back = replace(key_plan, old=key_plan.new, new=key_plan.old, base_drift=drift, base_error=error,
+                   delta_terms=tuple((sha, -change) for sha, change in key_plan.delta_terms))
+    return _step_drift(host, back, live, patch_of, magnitude, backups)

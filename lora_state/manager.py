@@ -347,11 +347,20 @@ class LoraStateManager:
             # apply_plan has already put every written key back: the ledger still describes the weights, only
             # the fingerprints must follow the rollback's own writes.
             message = f"{type(exc).__name__}: {exc}".strip(": ")
-            # Keys recomputed from their clean copy came back at the exact value of their stack: no drift left.
+            # Keys recomputed from their clean copy are at the exact value of their stack (no drift left); keys
+            # undone by the opposite delta step carry both steps' arithmetic.
             recomputed = getattr(exc, "lora_state_recomputed", None) or {}
-            keys = {key: KeyState(s.contributors, recomputed[key], s.ulp, self._fingerprint(key)) if key in recomputed
-                    else KeyState(s.contributors, s.drift, s.ulp, self._fingerprint(key), s.error, s.magnitude)
-                    for key, s in self.ledger.keys.items()}
+            keys = {}
+            for key, s in self.ledger.keys.items():
+                if key in recomputed:
+                    drift, ulp, error, magnitude = recomputed[key]
+                    keys[key] = KeyState(s.contributors, drift, ulp or s.ulp, self._fingerprint(key), error, magnitude)
+                else:
+                    keys[key] = KeyState(s.contributors, s.drift, s.ulp, self._fingerprint(key), s.error, s.magnitude)
+            for key in recomputed.keys() - keys.keys():     # clean before, undone by the opposite step: drift
+                drift, ulp, error, magnitude = recomputed[key]
+                if drift:
+                    keys[key] = KeyState((), drift, ulp, self._fingerprint(key), error, magnitude)
             self.ledger = self.ledger.with_changes(keys=keys, last_error=f"rolled back after {message}")
             exc.add_note("LoRA State rolled the weights back to the previously applied stack; nothing was lost.")
             log.warning("LoRA State %s: rolled back after %s", self.host.label, message)

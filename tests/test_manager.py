@@ -180,10 +180,68 @@ def test_interrupt_mid_apply_rolls_back(loras, exc_type, mode):
 
     with pytest.raises(exc_type):
         manager.reconcile([(loras["loha"][0], 1.0), (loras["dora"][0], 1.0)], progress=interrupt_after_two)
-    assert same(snapshot(module), before)
-    assert {k: (s.contributors, s.drift) for k, s in manager.ledger.keys.items()} == ledger_before
+    if mode == "delta":
+        assert_back_within_drift(module, manager, before, ledger_before,
+                                 fresh_exact([(loras["lora"][0], 1.0), (loras["dora"][0], 0.5)], torch.float16))
+    else:
+        assert same(snapshot(module), before)
+        assert {k: (s.contributors, s.drift) for k, s in manager.ledger.keys.items()} == ledger_before
     assert "rolled back" in manager.ledger.last_error and manager.verify().ok
     manager.reconcile([(loras["loha"][0], 1.0)])           # and it carries on normally
+    assert manager.ledger.last_error == ""
+
+
+def assert_back_within_drift(module, manager, before, ledger_before, exact_old):
+    """Delta steps are undone by the opposite step (no undo copy): the old stack again, each key within the drift
+    bound the ledger now reports for it (which includes both steps' arithmetic)."""
+    assert {k: s.contributors for k, s in manager.ledger.keys.items()} == \
+        {k: contributors for k, (contributors, _) in ledger_before.items()}
+    after, undone = snapshot(module), 0
+    for key, state in manager.ledger.keys.items():
+        deviation = float((after[key].float() - exact_old[key].float()).abs().max())
+        assert deviation <= state.drift, (key, deviation, state.drift)
+        assert state.drift >= ledger_before[key][1]
+        undone += not torch.equal(after[key], before[key]) or state.drift > ledger_before[key][1]
+    assert undone, "no key was undone by an opposite step: the test no longer covers it"
+
+
+@pytest.mark.parametrize("blocks_before_interrupt", [0, 3])
+def test_delta_step_interrupted_inside_a_key_is_undone_row_exactly(loras, monkeypatch, blocks_before_interrupt):
+    """An interrupt between row blocks of one key: the blocks written are reversed, the others left alone."""
+    from lora_state import applier
+    from lora_state.formats.lora import LoraAdapter
+
+    module = make_module(torch.float16)
+    manager = LoraStateManager(module, mode="delta")
+    old_stack = [(loras["lora"][0], 1.0)]
+    manager.reconcile(old_stack)
+    before = snapshot(module)
+    ledger_before = {k: (s.contributors, s.drift) for k, s in manager.ledger.keys.items()}
+    monkeypatch.setattr(applier, "BLOCK_BYTES", 64)          # many small blocks per key
+    calls = {"n": 0}
+    real_row_update = LoraAdapter.row_update
+
+    def row_update(self, strength, shape):
+        update = real_row_update(self, strength, shape)
+        if update is None:
+            return None
+
+        def interrupting(block, first, last):
+            calls["n"] += 1
+            if calls["n"] == blocks_before_interrupt + 1:
+                raise KeyboardInterrupt("stop")
+            return update(block, first, last)
+        return interrupting
+
+    monkeypatch.setattr(LoraAdapter, "row_update", row_update)
+    with pytest.raises(KeyboardInterrupt):
+        manager.reconcile([(loras["lora"][0], 0.25)])
+    monkeypatch.setattr(LoraAdapter, "row_update", real_row_update)
+    if blocks_before_interrupt == 0:
+        assert same(snapshot(module), before)                 # nothing was written: nothing to undo
+    else:
+        assert_back_within_drift(module, manager, before, ledger_before, fresh_exact(old_stack, torch.float16))
+    manager.reconcile([(loras["lora"][0], 0.25)])
     assert manager.ledger.last_error == ""
 
 

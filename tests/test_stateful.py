@@ -170,16 +170,23 @@ class StackMachine(RuleBasedStateMachine):
         try:
             self.manager.reconcile(stack, progress=fail)
         except Injected:
-            # The previous stack is back on every key: with the same bits, or, where a clean copy allowed it, at
-            # the exact value of that stack (the drift it carried is then gone, and the ledger says so).
+            # The previous stack is back on every key: with the same bits; or, where a clean copy allowed it, at
+            # the exact value of that stack (the drift it carried is then gone, and the ledger says so); or, for a
+            # delta step on a key without a true clean copy, undone by the opposite step: within the drift bound the
+            # ledger now gives it, which has grown by both steps' arithmetic.
             exact = from_scratch(self.stack, self.dtype)
             for key, value in self.module.state_dict().items():
                 state = self.manager.ledger.keys.get(key)
-                assert torch.equal(before[key], value) or (torch.equal(value, exact[key]) and state.drift == 0.0 and
-                                                           ledger[key][1] > 0.0), key
+                old_drift = ledger[key][1] if key in ledger else 0.0
+                drift = state.drift if state else 0.0
+                same_bits = torch.equal(before[key], value) and drift == old_drift
+                recomputed = torch.equal(value, exact[key]) and drift == 0.0 and old_drift > 0.0
+                undone = state is not None and self.manager.backups.drift(key) != 0.0 and drift >= old_drift and \
+                    float((value.float() - exact[key].float()).abs().max()) <= drift
+                assert same_bits or recomputed or undone, key
             after = {k: (s.contributors, s.drift) for k, s in self.manager.ledger.keys.items()}
-            assert {k: c for k, (c, _) in after.items()} == {k: c for k, (c, _) in ledger.items()}
-            assert all(after[k][1] in (ledger[k][1], 0.0) for k in after)
+            # (an undone key that was clean before stays in the ledger with no contributors: its drift)
+            assert {k: c for k, (c, _) in after.items() if c} == {k: c for k, (c, _) in ledger.items() if c}
             assert self.manager.applied == applied and "rolled back" in self.manager.ledger.last_error
         else:
             self.stack = stack    # the plan had fewer keys than the injection point: it simply completed

@@ -39,10 +39,10 @@ class Adapter:
     @property
     def flops(self) -> int:
         """Multiply-adds x2 needed to form the delta (used by the planner's cost model and the benchmark)."""
-        return 2 * _numel(self.natural_shape())
+        return 2 * numel_of(self.natural_shape())
 
 
-def _numel(shape) -> int:
+def numel_of(shape) -> int:
     count = 1
     for size in shape:
         count *= int(size)
@@ -60,7 +60,7 @@ def fits(natural: tuple[int, ...], target: tuple[int, ...]) -> bool:
     natural, target = squeeze(natural), squeeze(target)
     if natural == target:
         return True
-    return len(natural) == 2 and len(target) > 2 and natural[0] == target[0] and _numel(natural) == _numel(target)
+    return len(natural) == 2 and len(target) > 2 and natural[0] == target[0] and numel_of(natural) == numel_of(target)
 
 
 def fp32(tensor: torch.Tensor, device) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Full-weight differences: `diff` (weight), `diff_b` (bias), and LoRA bias patches (PEFT lora_B.bias)."""
 from __future__ import annotations
 
-from .base import Adapter
+from .base import Adapter, numel_of
 
 
 class DiffAdapter(Adapter):
@@ -21,6 +21,13 @@ class DiffAdapter(Adapter):
 
     def apply(self, weight, strength):
         return weight.add_(self.diff.reshape(weight.shape).float(), alpha=strength * self.scale)
+
+    def row_update(self, strength, shape):
+        """update(block, first, last): rows [first, last) of the weight += strength * scale * diff."""
+        if not shape or self.diff.numel() != numel_of(shape):
+            return None
+        diff, alpha = self.diff.reshape(shape[0], -1), strength * self.scale
+        return lambda block, first, last: block.add_(diff[first:last].float(), alpha=alpha)
 
     def change_bound(self):
         if getattr(self, "_bound", None) is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..drift import product_bound
-from .base import Adapter
+from .base import Adapter, numel_of
 
 
 class LoraAdapter(Adapter):
@@ -54,6 +54,17 @@ class LoraAdapter(Adapter):
                 return weight
             return weight.add_(self.delta().reshape(weight.shape), alpha=strength)
         return self._apply_dora(weight, strength)
+
+    def row_update(self, strength, shape):
+        """update(block, first, last): rows [first, last) of the weight += strength * delta, as one addmm_; None
+        for Tucker, DoRA, or a weight whose rows are not the LoRA's output channels."""
+        if not self.linear or self.mid is not None:
+            return None
+        up, down = self.up.flatten(1).float(), self.down.flatten(1).float()
+        if not shape or up.shape[0] != shape[0] or up.shape[0] * down.shape[1] != numel_of(shape):
+            return None
+        alpha = strength * self.scale
+        return lambda block, first, last: block.addmm_(up[first:last], down, alpha=alpha)
 
     def change_bound(self):
         """(limit, rank) for plain LoRA (None for Tucker and DoRA): see drift.product_bound."""

@@ -70,6 +70,20 @@ class Host:
         combine; a host may do it faster where bit-identity with its own patcher is not at stake."""
         return self.combine(key, weight, terms)
 
+    def row_updates(self, key: str, weight: torch.Tensor, contributions, delta_step: bool):
+        """The (patch, strength) pairs as functions update(block, first, last) that add their change to rows
+        [first, last) of the weight viewed as (rows, -1) in the work dtype, or None where some patch cannot be
+        split by rows (the applier then combines the whole weight at once). Splitting lets the applier convert,
+        add and round a key in one pass, a cache-sized block at a time."""
+        updates = []
+        for patch, strength in contributions:
+            split = getattr(patch, "row_update", None)
+            update = split(strength, tuple(weight.shape)) if split is not None else None
+            if update is None:
+                return None
+            updates.append(update)
+        return updates
+
     def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
         """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
         the same bits as value.to(dtype) without a temporary: one pass over the weight instead of two."""
