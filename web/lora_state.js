@@ -111,6 +111,7 @@ function lorapicker(row, onPick) {
   const close = () => { list?.remove(); list = null; };
   const draw = async () => {
     const names = await fetchLoras();
+    if (document.activeElement !== input) return;   // blurred while the list was loading: nothing to show
     options = filterLoras(names, input.value === row.lora ? "" : input.value);
     if (!list) {
       list = el("div", null, pickerStyle, "row-lora-options");

@@ -62,7 +62,7 @@ const root = (node) => node.loraStateEditor.root;
 
 async function pick(rowEl, query) {
   const input = q(rowEl, "row-lora");
-  input.dispatchEvent(new Event("focus"));
+  input.focus();
   input.value = query;
   input.dispatchEvent(new Event("input"));
   await flush();
