@@ -69,6 +69,18 @@ async function fetchLoras(force = false) {
   return loraNames || [];
 }
 
+// Files each LoRA Reconcile node's last run flagged (keys that did not fit): node id -> {name: why}. Rows naming
+// such a file show a warning.
+const flaggedByReconcile = new Map();
+const flaggedWhy = (name) => {
+  for (const files of flaggedByReconcile.values()) if (files[name]) return files[name];
+  return null;
+};
+
+function redrawStacks() {
+  for (const node of app.graph?.nodes || app.graph?._nodes || []) node.loraStateEditor?.render();
+}
+
 const triggerCache = new Map();   // name -> Promise<string[]>
 function fetchTriggerWords(name) {
   if (!name || name === NONE) return Promise.resolve([]);
@@ -287,6 +299,11 @@ class StackEditor {
         words.title = list.length ? `trigger words (from the file's metadata): ${list.join(", ")}` : "";
       });
       line.append(main, words);
+      const why = flaggedWhy(row.lora);
+      if (why) {
+        line.append(el("div", `⚠ ${why}`, "font-size:10px;color:var(--error-text,#f96);" +
+          "padding-left:18px", "row-warning"));
+      }
       this.root.append(line);
     });
 
@@ -341,6 +358,13 @@ function setupReconcileNode(nodeType) {
       const lines = statusLines(status);
       this.loraStateStatus.replaceChildren(...lines.map((line) =>
         el("div", line, line.startsWith("⚠") ? "color:var(--error-text,#f96)" : "")));
+      const files = {};
+      for (const [name, f] of Object.entries(status.flagged || {})) {
+        files[name] = `keys did not fit the model at the last run (${f.unmatched} unmatched, ${f.mismatched} mismatched)`;
+      }
+      const before = JSON.stringify(flaggedByReconcile.get(this.id) || {});
+      flaggedByReconcile.set(this.id, files);
+      if (JSON.stringify(files) !== before) redrawStacks();
       this.loraStateStatus.title = statusHasWarning(status)
         ? "A file's keys did not fit this model: check that the LoRA was made for this model family." : "";
       const wanted = this.computeSize?.();

@@ -185,3 +185,23 @@ describe("LoRA Reconcile status, toasts and sidebar", () => {
     expect(q(model, "lora-state-reset")).not.toBeNull();
   });
 });
+
+describe("a flagged file marks its rows", () => {
+  it("shows row-warning on rows whose file did not fit at the last run", () => {
+    const stack = newStack();
+    stack.widgets.find((w) => w.name === "rows").value = JSON.stringify([{ lora: "a.safetensors" }, { lora: "b.safetensors" }]);
+    stack.loraStateEditor.render();
+    app.graph.nodes = [stack];
+    const reconcile = new ReconcileNode();
+    reconcile.id = 7;
+    reconcile.onNodeCreated();
+    reconcile.onExecuted({ lora_state_status: [{ parts: { model: { id: "model-1", loras: 2, keys: 3, ms: 1, backend: "in place" } },
+      flagged: { "b.safetensors": { unmatched: 5, mismatched: 0 } } }] });
+    const rows = qa(root(stack), "lora-state-row");
+    expect(q(rows[0], "row-warning")).toBeNull();
+    expect(q(rows[1], "row-warning").textContent).toContain("5 unmatched");
+    reconcile.onExecuted({ lora_state_status: [{ parts: {}, flagged: {} }] });
+    expect(q(root(stack), "row-warning")).toBeNull();
+    delete app.graph.nodes;
+  });
+});
