@@ -12,9 +12,9 @@ tests/integration/SETUP_COMFYUI.md):
     python -m lora_state_bench.comfyui --size tiny --rounds 2     # a check of the whole thing in a minute or two
 
 Sizes (assets.py): tiny (the integration tests' one-level SD1.5 and mixed-format LoRAs), sd15 (full SD1.5,
-fp32 UNet on CPU) and sdxl (full SDXL, fp16 UNet with --fp16-unet; CLIP-L + CLIP-G): random weights of the real
-shapes, built once with ComfyUI's own classes by build.py (sdxl: ~7.5 GB on disk, over 10 GB of memory while it
-builds), kept under /tmp/lora_state_bench_<size> (or --assets-root).
+fp32 UNet on CPU) and sdxl (full SDXL, UNet and CLIP-L + CLIP-G in fp16 as on GPUs: --fp16-unet --fp16-text-enc):
+random weights of the real shapes, built once with ComfyUI's own classes by build.py (sdxl: 7.9 GB on disk, 10 GB
+of memory and about 5 minutes of CPU to build), kept under /tmp/lora_state_bench_<size> (or --assets-root).
 
 Per size, one server; per mode: POST /free (fresh models), the first application (whole prompt) timed for both,
 one untimed change each, then --rounds rounds, each: change one LoRA's model strength (1.0 <-> 0.5) and time the
@@ -30,6 +30,12 @@ is unchanged (timer_node/ times it, the ledger does not record no-ops); the serv
 --memory adds a fair peak-memory comparison: a fresh server running only native (first application + 2 changes),
 then a fresh server per mode running only ours, VmHWM of each. The machine line names the CPU, ComfyUI and torch.
 --json writes every raw number, --plot a PNG of the switch overhead per change number (every change a point).
+
+Memory: each side holds its loaded model plus a second copy of the keys the LoRAs touch (native: the patched
+tensors next to the originals; LoRA State in exact/auto: clean copies; delta: none). At SDXL size that is about
+6.7 + 5.8 GB per side, so both sides on one server need about 25 GB in exact/auto: where that does not fit,
+--separate runs native and LoRA State on consecutive servers (native once, set against every mode) instead of
+alternating on one (on a quiet machine the loss of interleaving matters little; the run says which it did).
 
 A benchmark prints figures, it is not a test: nothing is asserted.
 """

@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="strength changes per mode (default 8)")
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of each side alone (fresh servers)")
+    parser.add_argument("--separate", action="store_true",
+                        help="native and LoRA State on consecutive servers instead of alternating on one (when both "
+                             "sides together do not fit in memory)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     parser.add_argument("--assets-root", default=None,
                         help="where the assets are kept (default /tmp/lora_state_bench_<size>)")
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
                       "memory": "bytes, from /proc/<server pid>/status"}}
     for size in sizes:
         assets = prepare(size, args.assets_root)
-        entry = run_size(size, assets, modes, args.rounds, args.threads, log)
+        entry = run_size(size, assets, modes, args.rounds, args.threads, log, separate=args.separate)
         if args.memory:
             entry["memory_alone"] = run_memory(size, assets, modes, args.threads, log)
         data["sizes"].append(entry)

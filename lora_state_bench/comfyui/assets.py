@@ -25,9 +25,9 @@ SIZES = {
     "sd15": {"description": "random-weight full-size SD1.5 (860M-parameter UNet, fp32 on CPU) + CLIP-L (fp16); 5 "
                             "rank-32 kohya LoRAs on its 192 UNet transformer and 72 text-encoder keys",
              "server_args": []},
-    "sdxl": {"description": "random-weight full-size SDXL (2.6G-parameter UNet, fp16: --fp16-unet) + CLIP-L and "
-                            "CLIP-G (fp16); 5 rank-32 kohya LoRAs on its 722 UNet transformer and 264 text-encoder "
-                            "keys", "server_args": ["--fp16-unet"]},
+    "sdxl": {"description": "random-weight full-size SDXL (2.6G-parameter UNet + CLIP-L and CLIP-G, fp16 as on GPUs: "
+                            "--fp16-unet --fp16-text-enc); 5 rank-32 kohya LoRAs on its 722 UNet transformer and 264 "
+                            "text-encoder keys", "server_args": ["--fp16-unet", "--fp16-text-enc"]},
 }
 TINY_LORAS = ["kohya_lora_a.safetensors", "kohya_lora_b.safetensors", "locon_conv.safetensors", "loha.safetensors",
               "lokr.safetensors"]

@@ -18,7 +18,8 @@ def format_mode(size: dict, result: dict) -> str:
     s = result["summary"]
     native, ours = s["native"], s["ours"]
     title = (f"{size['size']}, mode {result['mode']}: change {size['changed']} model strength 1.0 <-> 0.5, "
-             f"{result['rounds']} changes alternating with the native chain on one server")
+             f"{result['rounds']} changes " + ("(native and ours on consecutive servers)" if size.get("separate")
+                                              else "alternating with the native chain on one server"))
     header = (f"{'':20s} {'first application':>17s} {'switch overhead: median (range)':>34s} {'max/median':>10s} "
               f"{'prompt after change':>19s} {'after seed change':>17s} {'reconcile':>10s} {'unchanged re-run':>16s}")
     lines = [title, header]
@@ -38,7 +39,7 @@ def format_mode(size: dict, result: dict) -> str:
                  f"seed-only prompt, median {_s(ours['unchanged_ms_median'])} ms, max {_s(ours['unchanged_ms_max'])} ms")
     memory = result.get("memory_after") or {}
     if memory:
-        lines.append(f"server after this mode (both models loaded): VmRSS {memory.get('VmRSS', 0) / GIB:.2f} GiB, "
+        lines.append(f"server after this mode ({'ours' if size.get('separate') else 'both models'} loaded): VmRSS {memory.get('VmRSS', 0) / GIB:.2f} GiB, "
                      f"VmHWM {memory.get('VmHWM', 0) / GIB:.2f} GiB")
     return "\n".join(lines)
 
@@ -71,8 +72,13 @@ def format_report(data: dict) -> str:
         for result in size["modes"]:
             parts.append(format_mode(size, result))
         memory = size.get("memory_alternating") or {}
-        parts.append(f"{size['size']} server after all modes (native and ours loaded side by side): peak VmHWM "
-                     f"{memory.get('VmHWM', 0) / GIB:.2f} GiB")
+        if size.get("separate"):
+            parts.append(f"{size['size']} servers: native peak VmHWM {memory['native'].get('VmHWM', 0) / GIB:.2f} "
+                         f"GiB, LoRA State (all modes, one after the other) "
+                         f"{memory['ours'].get('VmHWM', 0) / GIB:.2f} GiB")
+        else:
+            parts.append(f"{size['size']} server after all modes (native and ours loaded side by side): peak VmHWM "
+                         f"{memory.get('VmHWM', 0) / GIB:.2f} GiB")
         if size.get("memory_alone"):
             parts.append(format_memory(size["size"], size["memory_alone"]))
     parts.append(machine_text(data["machine"]))

@@ -77,28 +77,28 @@ class Bench:
         return answer["calls"]
 
 
-def run_mode(bench: Bench, mode: str, rounds: int, log) -> dict:
-    """Fresh models (POST /free), first application for both, one untimed change each, then `rounds` rounds of:
-    change one LoRA's model strength (1.0 <-> 0.5) and time the prompt, then change only the seed and time it; the
-    order of native and ours alternates from round to round."""
+def run_mode(bench: Bench, mode: str, rounds: int, log, kinds=("native", "ours")) -> dict:
+    """Fresh models (POST /free), first application for each side, one untimed change each, then `rounds` rounds
+    of: change one LoRA's model strength (1.0 <-> 0.5) and time the prompt, then change only the seed and time it;
+    the order of native and ours alternates from round to round. Returns the raw numbers of each side in `kinds`."""
     bench.server.free(unload_models=True, free_memory=True)
     bench.timer_calls()
     raw = {"native": {"first": None, "switch": [], "seed": []},
            "ours": {"first": None, "switch": [], "seed": [], "reconcile": [], "reconcile_clip": [],
                     "first_reconcile": None, "unchanged_ms": [], "unchanged_calls": []}}
-    for kind in ("native", "ours"):
+    raw = {kind: raw[kind] for kind in kinds}
+    for kind in kinds:
         raw[kind]["first"] = bench.run(kind, mode, 1.0, 1)
         if kind == "ours":
             raw["ours"]["first_reconcile"] = bench.last_reconcile()
         bench.run(kind, mode, 0.5, 1)          # warm-up change, untimed
-    log(f"  {mode}: first application native {raw['native']['first']:.2f} s, ours {raw['ours']['first']:.2f} s")
+    log(f"  {mode}: first application " + ", ".join(f"{kind} {raw[kind]['first']:.2f} s" for kind in kinds))
     bench.timer_calls()
     strength, seed = 0.5, 1
     for index in range(rounds):
         strength = 0.5 if strength == 1.0 else 1.0
         seed += 1
-        order = ("native", "ours") if index % 2 == 0 else ("ours", "native")
-        for kind in order:
+        for kind in kinds if index % 2 == 0 else tuple(reversed(kinds)):
             raw[kind]["switch"].append(bench.run(kind, mode, strength, 1))
             if kind == "ours":
                 reconcile = bench.last_reconcile()
@@ -110,10 +110,10 @@ def run_mode(bench: Bench, mode: str, rounds: int, log) -> dict:
                 calls = bench.timer_calls()
                 raw["ours"]["unchanged_calls"].append(calls)
                 raw["ours"]["unchanged_ms"].append(max((c["seconds"] for c in calls), default=0.0) * 1000)
-        log(f"  {mode} change {index + 1}/{rounds}: native {raw['native']['switch'][-1]:.2f} s "
-            f"(seed-only {raw['native']['seed'][-1]:.2f} s), ours {raw['ours']['switch'][-1]:.2f} s (seed-only "
-            f"{raw['ours']['seed'][-1]:.2f} s, reconcile {raw['ours']['reconcile'][-1] or 0:.3f} s)")
-    return {"mode": mode, "rounds": rounds, "raw": raw, "summary": summarize(raw)}
+        log(f"  {mode} change {index + 1}/{rounds}: " + ", ".join(
+            f"{kind} {raw[kind]['switch'][-1]:.2f} s (seed-only {raw[kind]['seed'][-1]:.2f} s)" for kind in kinds) +
+            (f", reconcile {raw['ours']['reconcile'][-1] or 0:.3f} s" if "ours" in kinds else ""))
+    return raw
 
 
 def _range(values):
@@ -147,23 +147,47 @@ def summarize(raw: dict) -> dict:
     return out
 
 
-def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log) -> dict:
-    """The alternating phase: every mode on one server; the server's peak memory afterwards."""
+def _server(assets: dict, threads: int) -> ComfyServer:
+    return ComfyServer(assets["dir"], extra_args=assets["server_args"], threads=threads, test_nodes=(TIMER_NODE,),
+                       boot_timeout=300)
+
+
+def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log, separate: bool = False) -> dict:
+    """Every mode on one server, native and ours alternating; the server's memory after each mode and at the end.
+    separate: native on a server of its own (once, its numbers set against every mode), then ours on another, for
+    when both sides together do not fit in memory (native's patched copies and LoRA State's clean copies of the
+    touched keys come on top of two loaded models)."""
     started = time.perf_counter()
-    with ComfyServer(assets["dir"], extra_args=assets["server_args"], threads=threads,
-                     test_nodes=(TIMER_NODE,), boot_timeout=300) as server:
-        bench = Bench(server, assets)
-        bench.timer_calls()
-        log(f"{size}: server up in {server.boot_seconds:.1f} s ({' '.join(assets['server_args']) or 'default dtypes'})")
-        results = []
-        for mode in modes:
-            result = run_mode(bench, mode, rounds, log)
-            result["memory_after"] = process_memory(server.proc.pid)
-            results.append(result)
-        memory = process_memory(server.proc.pid)
+    results = []
+    if not separate:
+        with _server(assets, threads) as server:
+            bench = Bench(server, assets)
+            bench.timer_calls()
+            log(f"{size}: server up in {server.boot_seconds:.1f} s ({' '.join(assets['server_args']) or 'default'})")
+            for mode in modes:
+                raw = run_mode(bench, mode, rounds, log)
+                results.append({"mode": mode, "rounds": rounds, "raw": raw, "summary": summarize(raw),
+                                "memory_after": process_memory(server.proc.pid)})
+            memory = process_memory(server.proc.pid)
+    else:
+        memory = {}
+        with _server(assets, threads) as server:
+            log(f"{size}: native server up in {server.boot_seconds:.1f} s")
+            native = run_mode(Bench(server, assets), "native", rounds, log, kinds=("native",))["native"]
+            memory["native"] = process_memory(server.proc.pid)
+        with _server(assets, threads) as server:
+            bench = Bench(server, assets)
+            bench.timer_calls()
+            log(f"{size}: LoRA State server up in {server.boot_seconds:.1f} s")
+            for mode in modes:
+                raw = {"native": native} | run_mode(bench, mode, rounds, log, kinds=("ours",))
+                results.append({"mode": mode, "rounds": rounds, "raw": raw, "summary": summarize(raw),
+                                "memory_after": process_memory(server.proc.pid)})
+            memory["ours"] = process_memory(server.proc.pid)
     return {"size": size, "description": assets["description"], "checkpoint": assets["checkpoint"],
             "loras": assets["loras"], "changed": assets["loras"][CHANGED], "server_args": assets["server_args"],
-            "modes": results, "memory_alternating": memory, "seconds": time.perf_counter() - started}
+            "separate": separate, "modes": results, "memory_alternating": memory,
+            "seconds": time.perf_counter() - started}
 
 
 def run_memory(size: str, assets: dict, modes, threads: int, log) -> dict:
