@@ -41,8 +41,12 @@ def default_dir(size: str, root: str | None) -> str:
 
 
 def _link(src: str, dst: str) -> None:
+    """dst as a hard link to src (a copy across file systems); a stale one (src rebuilt since) is replaced."""
     if os.path.exists(dst):
-        return
+        if os.path.samefile(src, dst) or (os.path.getsize(src) == os.path.getsize(dst)
+                                          and os.path.getmtime(dst) >= os.path.getmtime(src)):
+            return
+        os.remove(dst)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     try:
         os.link(src, dst)
