@@ -217,9 +217,16 @@ class StackEditor {
   }
 
   commit(rows) {
-    this.setWidget("rows", serializeRows(rows));
-    this.render();
-    this.fit();
+    // Bracketed like litegraph's own widget edits, so that the undo history records this change (with the node's
+    // new size) as one step, right away.
+    app.canvas?.emitBeforeChange?.();
+    try {
+      this.setWidget("rows", serializeRows(rows));
+      this.render();
+      this.fit();
+    } finally {
+      app.canvas?.emitAfterChange?.();
+    }
   }
 
   fit() {
