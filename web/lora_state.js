@@ -216,16 +216,17 @@ class StackEditor {
     w.callback?.(value, app.canvas, this.node);
   }
 
-  commit(rows) {
-    // Bracketed like litegraph's own widget edits, so that the undo history records this change (with the node's
-    // new size) as one step, right away.
-    app.canvas?.emitBeforeChange?.();
+  // record: bracketed like litegraph's own widget edits, so that the undo history records this change (with the
+  // node's new size) as one step, right away. Not while a workflow loads: that is no user edit, and the undo
+  // history in effect may still be the previous workflow's.
+  commit(rows, { record = true } = {}) {
+    if (record) app.canvas?.emitBeforeChange?.();
     try {
       this.setWidget("rows", serializeRows(rows));
       this.render();
       this.fit();
     } finally {
-      app.canvas?.emitAfterChange?.();
+      if (record) app.canvas?.emitAfterChange?.();
     }
   }
 
@@ -250,7 +251,7 @@ class StackEditor {
       this.setWidget(`on_${slot}`, true);
     }
     if (clipSeparate) this.setWidget("clip_strength_separate", true);
-    this.commit([...rows, ...this.rows()]);
+    this.commit([...rows, ...this.rows()], { record: false });
     return true;
   }
 
