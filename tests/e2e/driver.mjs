@@ -660,6 +660,43 @@ SCENARIOS.editing = async (run) => {
   if (!cards.some((t) => /kohya_lora_b\.safetensors\s*×0\.9\b/.test(t))) throw new Error(`no model ×0.9 in ${cards}`);
   run.step("ledger: model ×0.9, clip ×0.3 for kohya_lora_b");
   await run.closeSidebar();
+  // "Save (API)": the prompt carries the rows as the node's `rows` input
+  const api = await page.evaluate(async (id) => {
+    const p = await window.app.graphToPrompt();
+    return p.output[String(id)]?.inputs;
+  }, ids.stack);
+  const apiRows = JSON.parse(api?.rows ?? "null");
+  if (!Array.isArray(apiRows) || JSON.stringify(apiRows) !== JSON.stringify(rowsJson) || api.clip_strength_separate !== true) {
+    throw new Error(`API prompt of the stack: ${JSON.stringify(api).slice(0, 600)}; want rows ${JSON.stringify(rowsJson)}`);
+  }
+  run.step("API format: rows input as saved, clip_strength_separate true");
+  // undo: a removed row comes back with Ctrl+Z
+  const beforeRemove = await order();
+  await run.rows(editor).nth(2).locator(tid(CONTRACT.rowRemove)).click();
+  await expectOrder(beforeRemove.slice(0, 2), "row 3 removed");
+  await page.mouse.click(1000, 900);     // empty canvas: keyboard focus off the editor's inputs
+  await page.keyboard.press("Control+KeyZ");
+  const deadlineUndo = Date.now() + 5000;
+  while ((await run.rows(editor).count()) !== 3 && Date.now() < deadlineUndo) await sleep(100);
+  const editorAfterUndo = await run.stackEditor(ids.stack);
+  const afterUndo = (await run.readRows(editorAfterUndo)).map((r) => r.lora.replace(".safetensors", ""));
+  if (JSON.stringify(afterUndo) !== JSON.stringify(beforeRemove)) throw new Error(`after Ctrl+Z: ${afterUndo}, want ${beforeRemove}`);
+  run.step("Ctrl+Z brings the removed row back", afterUndo.join(", "));
+  // copy/paste: the pasted stack has the same rows
+  await page.evaluate((id) => {
+    const { app } = window;
+    app.canvas.deselectAll?.();
+    app.canvas.selectNode(app.graph.getNodeById(id));
+  }, ids.stack);
+  await page.keyboard.press("Control+KeyC");
+  await page.mouse.move(900, 600);
+  await page.keyboard.press("Control+KeyV");
+  await sleep(800);
+  const copies = await page.evaluate(() => window.app.graph.serialize().nodes.filter((n) => n.type === "LoraStateStack")
+    .map((n) => n.widgets_values.find((v) => typeof v === "string" && v.trim().startsWith("["))));
+  if (copies.length !== 2 || copies[0] !== copies[1]) throw new Error(`after copy/paste: ${JSON.stringify(copies).slice(0, 800)}`);
+  run.step("copy/paste: the pasted LoRA Stack has the same rows");
+  await page.keyboard.press("Control+KeyZ");      // paste undone: one stack again
   // the status is readable where it is: inside LoRA Reconcile's box on the canvas, not cut off
   await sleep(500);
   const fit = await page.evaluate(({ id, sel }) => {

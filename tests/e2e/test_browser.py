@@ -14,7 +14,7 @@ Scenarios (driver.mjs):
     stack      7 rows built by clicking, toggled and re-weighted, queued; status on LoRA Reconcile; ledger in the
                sidebar; rows intact after a reload; the stack node deleted, queued again: toast, ledger empty
     editing    duplicate, remove, move rows, header toggle, separate clip strength: saved rows, run, ledger per
-               model/clip; the status fits inside LoRA Reconcile
+               model/clip, API format, undo, copy/paste; the status fits inside LoRA Reconcile
     sidebar    Verify (toast), the LoraState.Toasts setting silences the removal toast, Reset LoRA State by its
                keybinding (confirmed) empties the ledger
     workflows  each example workflow and a workflow saved with the 5-slot node load (old slots become rows) and run
