@@ -78,3 +78,21 @@ def test_comfy_cli_packs_the_same_files(files, tmp_path):
     with zipfile.ZipFile(archive) as zf:
         packed = sorted(n for n in zf.namelist() if not n.endswith("/"))
     assert packed == files
+
+
+def test_registry_metadata():
+    try:
+        import tomllib
+    except ImportError:   # Python 3.10
+        pytest.skip("tomllib needs Python 3.11")
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert "Operating System :: OS Independent" in project["classifiers"]
+    assert project["license-files"] == ["LICENSE"] and (ROOT / "LICENSE").is_file()
+    backend = data["build-system"]["requires"]
+    assert any(r.replace(" ", "").startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77
+               for r in backend), "PEP 639 license-files needs setuptools>=77"
+    assert comfy.get("Icon", "missing") != "", "an empty Icon: give a URL or leave the key out"
+    frontend = [d for d in project["dependencies"] if d.startswith("comfyui-frontend-package")]
+    assert frontend == ["comfyui-frontend-package>=1.27.10"], "the lowest supported frontend (README says 1.27.10)"
+    assert "1.27.10" in (ROOT / "README.md").read_text(encoding="utf-8")
