@@ -21,9 +21,10 @@ PROFILES = {
     "default": Profile("default", (("sd15", ("fp16", "bf16", "fp32")), ("sdxl-first", ("fp16",))),
                        mixed=(("sd15", "fp16"),), peft=(("sd15", "fp16"),), reps=3, cycles=1000,
                        cycle_dtypes=("fp16", "bf16", "fp32"), noop=("sdxl", "bf16", 8), noop_runs=300),
-    # --quick: the 640-wide block of SD1.5 for the switches, and the no-op on SD1.5's full key set (setting up
-    # the SDXL key set alone, 2.2 G parameters, takes minutes on a small CPU machine).
-    "quick": Profile("quick", (("sd15-level1", ("fp16",)),), mixed=(),
+    # --quick: the 640-wide block of SD1.5 for the switches, in each dtype (so that the table against the lower
+    # bound has every dtype x mode), and the no-op on SD1.5's full key set (setting up the SDXL key set alone,
+    # 2.2 G parameters, takes minutes on a small CPU machine).
+    "quick": Profile("quick", (("sd15-level1", ("fp16", "bf16", "fp32")),), mixed=(),
                      peft=(("sd15-level1", "fp16"),), reps=3, cycles=100, cycle_dtypes=("fp16", "bf16", "fp32"),
                      noop=("sd15", "fp16", 8), noop_runs=200),
     "tiny": Profile("tiny", (("cycle", ("fp16", "fp32")),), mixed=(("cycle", "fp16"),), peft=(("cycle", "fp16"),),
