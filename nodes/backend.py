@@ -45,7 +45,35 @@ def in_place_problem(module, key: str, weight: torch.Tensor, memory: MemoryMap |
     return storage_problem(weight, memory)
 
 
-def keys_as_patches(patcher, keys, weight_of, foreign_keys) -> dict[str, str]:
+class Ownership:
+    """Per model: why each key must not be written in place, judged again only for a tensor not seen before.
+
+    What a key's op is (quantized or not) does not change; its storage changes only when ComfyUI swaps or moves the
+    tensor, which gives it a new data pointer. So re-running an unchanged stack costs a pointer read per key, not a
+    read of /proc/self/maps. (The manager's last guard still reads it, fresh, before any write.)"""
+
+    def __init__(self):
+        self._op_reason: dict[str, str | None] = {}
+        self._by_storage: dict[str, tuple] = {}     # key -> ((data_ptr, dtype, device), reason)
+
+    def problem(self, module, key: str, weight: torch.Tensor, memory_of) -> str | None:
+        if key not in self._op_reason:
+            _, set_func, convert_func = comfy.model_patcher.get_key_weight(module, key)
+            self._op_reason[key] = "quantized / mixed-precision weight (ComfyUI dequantizes, patches and " \
+                "requantizes it)" if set_func is not None or convert_func is not None else None
+        if self._op_reason[key] is not None:
+            return self._op_reason[key]
+        seen = (weight.data_ptr(), weight.dtype, weight.device)
+        cached = self._by_storage.get(key)
+        if cached is not None and cached[0] == seen:
+            return cached[1]
+        reason = f"{weight.dtype} weight (not a plain float type)" if weight.dtype not in PLAIN_FLOATS else \
+            storage_problem(weight, memory_of())
+        self._by_storage[key] = (seen, reason)
+        return reason
+
+
+def keys_as_patches(patcher, keys, weight_of, foreign_keys, ownership: Ownership) -> dict[str, str]:
     """{key: reason} for every key of `keys` that must be carried as patches on `patcher`.
 
     `weight_of(key)` gives the clean base tensor; `foreign_keys` are keys that other nodes' patches touch."""
@@ -53,10 +81,17 @@ def keys_as_patches(patcher, keys, weight_of, foreign_keys) -> dict[str, str]:
     reason = model_reason(patcher)
     if reason is not None:
         return {key: reason for key in keys}
-    memory = MemoryMap.snapshot() if keys else None
+    memory = []
+
+    def memory_of():        # read /proc/self/maps once, and only if some tensor is new
+        if not memory:
+            memory.append(MemoryMap.snapshot())
+        return memory[0]
+
     out = {}
     for key in keys:
-        why = FOREIGN_PATCHES if key in foreign_keys else in_place_problem(patcher.model, key, weight_of(key), memory)
+        why = FOREIGN_PATCHES if key in foreign_keys else \
+            ownership.problem(patcher.model, key, weight_of(key), memory_of)
         if why is not None:
             out[key] = why
     return out

@@ -106,6 +106,24 @@ def _change_bound(parts):
     return (limit, rank)
 
 
+_ROUNDED_TO_NEAREST = (torch.float32, torch.float16, torch.bfloat16)    # stochastic_rounding is a plain cast
+
+
+class _ProductRows:
+    """update(block, first, last) += alpha * (up @ down)[first:last], the product made once, when first needed."""
+
+    __slots__ = ("up", "down", "alpha", "device", "product")
+
+    def __init__(self, up, down, alpha, device):
+        self.up, self.down, self.alpha, self.device, self.product = up, down, alpha, device, None
+
+    def __call__(self, block, first, last):
+        if self.product is None:
+            self.product = torch.mm(self.up.flatten(1).to(device=self.device, dtype=torch.float32),
+                                    self.down.flatten(1).to(device=self.device, dtype=torch.float32))
+        block.add_(self.product[first:last], alpha=self.alpha)
+
+
 class ComfyModelHost(Host):
     """Weights of one ComfyUI torch module: a BaseModel (UNet, model strength) or a text encoder (clip strength).
 
@@ -123,6 +141,7 @@ class ComfyModelHost(Host):
         self._backup_of = backup_of or (lambda: {})
         self._key_map = None
         self._state_keys = None
+        self._owners: dict[str, tuple] = {}     # key -> (weakref to the owning module, attribute name)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -149,7 +168,13 @@ class ComfyModelHost(Host):
         native = self._backup_of().get(key)
         if native is not None:
             return native.weight     # native patches are on: the clean base tensor is in ComfyUI's backup
-        return comfy.utils.get_attr(self.module, key)
+        owner = self._owners.get(key)
+        if owner is None:
+            path, _, leaf = key.rpartition(".")
+            owner = self._owners[key] = (weakref.ref(comfy.utils.get_attr(self.module, path)) if path else
+                                         self._module, leaf)
+        # The attribute is read each time: ComfyUI swaps these tensors (the owning modules stay).
+        return getattr(owner[0](), owner[1])
 
     def has_parameter(self, key):
         return key in self._keys()
@@ -252,6 +277,22 @@ class ComfyModelHost(Host):
                                    down.flatten(1).to(device=flat.device, dtype=torch.float32))
                 flat.add_(product, alpha=strength * scale)
         return self.combine(key, weight, rest) if rest else weight
+
+    def row_updates(self, key, weight, contributions, delta_step):
+        # Exact writes stay whole: calculate_weight on the whole weight is what native patching does. A delta step of
+        # plain LoRAs goes by rows around each LoRA's whole product, computed as in add_terms (so the product and its
+        # rounding stay shared with the exact path); fp8 and other stochastically rounded dtypes stay whole too.
+        device = self.compute_device or weight.device
+        if not delta_step or weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
+            return None
+        rows, cols = weight.shape[0], weight[0].numel()
+        updates = []
+        for patch, strength in contributions:
+            factors = patch.lora_factors()
+            if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
+                return None
+            updates.extend(_ProductRows(up, down, strength * scale, device) for up, down, scale in factors)
+        return updates
 
     def work_dtype(self):
         return self.compute_dtype()

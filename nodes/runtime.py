@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,6 +65,7 @@ class Managed:
     is_clip: bool
     created: float
     last_patcher: object = None     # weakref to the last patcher synced (reset from the UI needs one)
+    ownership: backend.Ownership = field(default_factory=backend.Ownership)
 
     def patcher(self):
         return self.last_patcher() if self.last_patcher is not None else None
@@ -128,7 +129,7 @@ class Registry:
                                  for entry, lora in zip(stack, manager.resolve(stack))]
                 keys = {key for lora, _ in contributions for key in lora.patches}
                 foreign = {key for key in keys if patcher.patches.get(key)}
-                reasons = backend.keys_as_patches(patcher, keys, manager.host.parameter, foreign)
+                reasons = backend.keys_as_patches(patcher, keys, manager.host.parameter, foreign, managed.ownership)
                 entries = patches_backend.add(patcher, contributions, reasons)
             patcher.set_attachments(ATTACHMENT, Request(tuple(stack), mode, entries, reasons))
 
