@@ -33,9 +33,10 @@ then a fresh server per mode running only ours, VmHWM of each. The machine line 
 
 Memory: each side holds its loaded model plus a second copy of the keys the LoRAs touch (native: the patched
 tensors next to the originals; LoRA State in exact/auto: clean copies; delta: none). At SDXL size that is about
-6.7 + 5.8 GB per side, so both sides on one server need about 25 GB in exact/auto: where that does not fit,
---separate runs native and LoRA State on consecutive servers (native once, set against every mode) instead of
-alternating on one (on a quiet machine the loss of interleaving matters little; the run says which it did).
+6.8 + 5.8 GB per side, so both sides on one server need about 26 GB in exact/auto. Where a size's two sides do
+not fit in the memory available at the start (--separate auto, the default; yes/no force it), native and LoRA
+State run on consecutive servers (native once, set against every mode) instead of alternating on one; on a quiet
+machine the loss of interleaving matters little, and the table says which was done.
 
 A benchmark prints figures, it is not a test: nothing is asserted.
 """

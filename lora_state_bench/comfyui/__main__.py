@@ -58,6 +58,21 @@ def machine(threads: int) -> dict:
             "python": platform.python_version(), "platform": platform.platform(), "load_average_at_start": load}
 
 
+def available_gb() -> float:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, ValueError):
+        pass
+    return float("inf")
+
+
+def fits_together(size: str) -> bool:
+    return SIZES[size]["memory_both_gb"] < available_gb()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_state_bench.comfyui", description=DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,9 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="strength changes per mode (default 8)")
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of each side alone (fresh servers)")
-    parser.add_argument("--separate", action="store_true",
-                        help="native and LoRA State on consecutive servers instead of alternating on one (when both "
-                             "sides together do not fit in memory)")
+    parser.add_argument("--separate", choices=("auto", "yes", "no"), default="auto",
+                        help="native and LoRA State on consecutive servers instead of alternating on one; auto "
+                             "(default): only for a size whose two sides together would not fit in the memory "
+                             "available at the start (sdxl on a 24 GiB machine)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     parser.add_argument("--assets-root", default=None,
                         help="where the assets are kept (default /tmp/lora_state_bench_<size>)")
@@ -104,7 +120,11 @@ def main(argv=None) -> int:
                       "memory": "bytes, from /proc/<server pid>/status"}}
     for size in sizes:
         assets = prepare(size, args.assets_root)
-        entry = run_size(size, assets, modes, args.rounds, args.threads, log, separate=args.separate)
+        separate = args.separate == "yes" or (args.separate == "auto" and not fits_together(size))
+        if separate:
+            log(f"{size}: native and LoRA State on consecutive servers (--separate {args.separate}: both sides "
+                f"together need about {SIZES[size]['memory_both_gb']} GB, {available_gb():.0f} GB available)")
+        entry = run_size(size, assets, modes, args.rounds, args.threads, log, separate=separate)
         if args.memory:
             entry["memory_alone"] = run_memory(size, assets, modes, args.threads, log)
         data["sizes"].append(entry)

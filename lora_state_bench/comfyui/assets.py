@@ -21,14 +21,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {
     "tiny": {"description": "random-weight SD1.5 one-level UNet (fp32 on CPU) + CLIP-L (fp16); 5 LoRAs: kohya LoRA "
                             "x2, LoCon with 3x3 convs, LoHa, LoKr",
-             "server_args": []},
+             "server_args": [], "memory_both_gb": 3},
     "sd15": {"description": "random-weight full-size SD1.5 (860M-parameter UNet, fp32 on CPU) + CLIP-L (fp16); 5 "
                             "rank-32 kohya LoRAs on its 192 UNet transformer and 72 text-encoder keys",
-             "server_args": []},
+             "server_args": [], "memory_both_gb": 12},
     "sdxl": {"description": "random-weight full-size SDXL (2.6G-parameter UNet + CLIP-L and CLIP-G, fp16 as on GPUs: "
                             "--fp16-unet --fp16-text-enc); 5 rank-32 kohya LoRAs on its 722 UNet transformer and 264 "
-                            "text-encoder keys", "server_args": ["--fp16-unet", "--fp16-text-enc"]},
+                            "text-encoder keys", "server_args": ["--fp16-unet", "--fp16-text-enc"], "memory_both_gb": 27},
 }
+# memory_both_gb: both sides on one server, each its loaded model plus a second copy of the touched keys (native's
+# patched tensors; LoRA State's clean copies in exact/auto), plus the server. SDXL: 2 x (6.8 + 5.8) + 1.
 TINY_LORAS = ["kohya_lora_a.safetensors", "kohya_lora_b.safetensors", "locon_conv.safetensors", "loha.safetensors",
               "lokr.safetensors"]
 TINY_CHECKPOINT = "tiny_a.safetensors"

@@ -131,7 +131,9 @@ def check_sdxl(dest=None):
                 assets.verify_lora(os.path.join(dest, "models", "loras", lora), unet_map | clip_map,
                                    [t["key"] for t in unet + te])
                 verified.append(lora)
-    return {"size": "sdxl", "loras_verified": verified, "detected": type(model.model_config).__name__, "unet_params": unet_params,
+    params = dict(model.named_parameters()) | dict(clip.cond_stage_model.named_parameters())
+    touched = sum(params[t["key"]].numel() for t in unet + te if t["key"] in params)
+    return {"size": "sdxl", "loras_verified": verified, "touched_params": touched, "detected": type(model.model_config).__name__, "unet_params": unet_params,
             "clip_params": clip_params, "unet_keys": len(unet), "te_keys": len(te),
             "te_keys_by_encoder": {p: sum(t["kohya"].startswith(p) for t in te) for p in ("lora_te1_", "lora_te2_")},
             "unet_key_kinds": sorted({re.sub(r".*transformer_blocks_\d+_|.*attentions_\d+_", "", t["kohya"])
