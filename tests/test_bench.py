@@ -103,3 +103,22 @@ def test_runtime_does_not_import_the_benchmark():
     code = ("import sys, lora_state, lora_state.manager, lora_state.__main__; "
             "assert not [m for m in sys.modules if m.startswith('lora_state_bench')]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_command_without_the_package(tmp_path):
+    """Where lora_state_bench is absent (e.g. the published ComfyUI pack), `python -m lora_state bench` says so."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lora_state
+    shutil.copytree(Path(lora_state.__file__).parent, tmp_path / "lora_state")
+    env = {"PATH": "/usr/bin:/bin"}
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('lora_state_bench') is not None)"
+    if subprocess.run([sys.executable, "-c", probe], check=False, cwd=tmp_path, env=env).returncode:
+        pytest.skip("lora_state_bench is installed in this environment: it is importable from anywhere")
+    done = subprocess.run([sys.executable, "-m", "lora_state", "bench", "--quick"], check=False, cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done
+    assert "lora_state_bench" in done.stderr and "could not be imported" in done.stderr
