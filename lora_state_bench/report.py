@@ -85,6 +85,9 @@ def format_markdown(data: dict) -> str:
         lines[-1] += (f"{e['extra_bytes'] / 2**20:.0f} | {bound:.3g} | "
                       f"{e['seconds'] / bound:.1f} |" if bound and e["seconds"] else
                       f"{e['extra_bytes'] / 2**20:.0f} | {bound:.3g} | - |")
+    bounds = format_bounds_markdown(data["results"])
+    if bounds:
+        lines += [""] + bounds
     if data.get("cycles"):
         lines += ["", "| dtype | runner | ms per switch | key-ulp max | elem-ulp max | bit-identical | after cycles |",
                   "|---|---|---|---|---|---|---|"]
@@ -180,15 +183,40 @@ def make_plots(data: dict, directory: str) -> list[str]:
     return written
 
 
-def format_bounds(results: list[dict], machine: dict | None = None) -> str:
-    """One change in the 5-LoRA rank-32 stack against its lower bound, per model, dtype and scenario: the median
-    time of each mode, and that time as a multiple of the bound (target: within BOUND_TARGET x)."""
-    from .targets import BOUND_TARGET
+def _bound_rows(results: list[dict]):
+    """The modes present, and {(model, dtype, scenario): {mode: result}} for one change in the r32 stack."""
     modes = [m for m in ("exact", "delta", "auto") if any(e["runner"] == m for e in results)]
     rows = {}
     for e in results:
         if e["stack"] == "r32" and e["scenario"] in ONE_CHANGE and e["runner"] in modes:
             rows.setdefault((e["model"], e["dtype"], e["scenario"]), {})[e["runner"]] = e
+    return modes, rows
+
+
+def format_bounds_markdown(results: list[dict]) -> list[str]:
+    """The bound table as Markdown lines: seconds of one change per mode, and x its lower bound."""
+    from .targets import BOUND_TARGET
+    modes, rows = _bound_rows(results)
+    if not rows:
+        return []
+    lines = [f"One change vs its lower bound (seconds, x the bound; target: within {BOUND_TARGET:g}x):", "",
+             "| model | dtype | scenario | lower bound s | " + " | ".join(modes) + " |", "|" + "---|" * (4 + len(modes))]
+    for (model, dtype, scenario), by_mode in rows.items():
+        bound = next(iter(by_mode.values()))["lower_bound"]["seconds"]
+        cells = []
+        for mode in modes:
+            e = by_mode.get(mode)
+            cells.append("-" if e is None or not e["seconds"] or not bound else
+                         f"{e['seconds']:.3g} ({e['seconds'] / bound:.2f}x)")
+        lines.append(f"| {model} | {dtype} | {scenario} | {bound:.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_bounds(results: list[dict], machine: dict | None = None) -> str:
+    """One change in the 5-LoRA rank-32 stack against its lower bound, per model, dtype and scenario: the median
+    time of each mode, and that time as a multiple of the bound (target: within BOUND_TARGET x)."""
+    from .targets import BOUND_TARGET
+    modes, rows = _bound_rows(results)
     if not rows:
         return ""
     header = f"{'model':11s} {'dtype':5s} {'scenario':13s} {'bound s':>9s}" + "".join(

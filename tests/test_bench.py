@@ -94,7 +94,8 @@ def test_package_entry_point_redraws_from_json(result, tmp_path, capsys):
     assert bench_main(["--from-json", str(path), "--markdown", str(tmp_path / "results.md")]) == 0
     printed = capsys.readouterr().out
     assert "One change vs its lower bound" in printed and "machine:" in printed
-    assert "| model | dtype |" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "| model | dtype |" in markdown and "| lower bound s | exact | delta | auto |" in markdown
 
 
 def test_runtime_does_not_import_the_benchmark():
