@@ -4,6 +4,9 @@ A key must change if some LoRA's strength on it differs between the two stacks. 
 its clean copy) is read once and written once: 2 x its bytes at the measured copy bandwidth. Its new value needs
 the deltas of the LoRAs that changed on it (none when it goes back to clean): their matmul FLOPs at the measured
 fp32 matmul rate. The bound is the sum of both; a measured change is reported as a multiple of it.
+
+Exact mode promises the bits of a from-clean recomputation, so its own bound (`recompute_seconds`) has the same
+bytes but the matmuls of every LoRA of the new stack on each changed key, not only of those that changed.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def lower_bound(stacks: StackSet, shapes: dict, dtype: torch.dtype, old, new, ma
         return out
     before, after = per_key(old), per_key(new)
     size = torch.tensor([], dtype=dtype).element_size()
-    flops = nbytes = keys = 0
+    flops = recompute_flops = nbytes = keys = 0
     for key in set(before) | set(after):
         changed = {name for name in set(before.get(key, {})) | set(after.get(key, {}))
                    if before.get(key, {}).get(name, 0.0) != after.get(key, {}).get(name, 0.0)}
@@ -35,5 +38,8 @@ def lower_bound(stacks: StackSet, shapes: dict, dtype: torch.dtype, old, new, ma
         nbytes += 2 * numel(shapes[key]) * size       # read the weight (or its clean copy) and write it once
         if after.get(key):                               # restoring to clean needs no delta at all
             flops += sum(lora_flops(stacks.loras[name], shapes, key) for name in changed)
-    seconds = flops / machine["matmul_flops_per_s"] + nbytes / machine["bandwidth_bytes_per_s"]
-    return {"seconds": seconds, "flops": flops, "bytes": nbytes, "keys": keys}
+            recompute_flops += sum(lora_flops(stacks.loras[name], shapes, key) for name in after[key])
+    copy_seconds = nbytes / machine["bandwidth_bytes_per_s"]
+    return {"seconds": flops / machine["matmul_flops_per_s"] + copy_seconds, "flops": flops, "bytes": nbytes,
+            "keys": keys, "recompute_flops": recompute_flops,
+            "recompute_seconds": recompute_flops / machine["matmul_flops_per_s"] + copy_seconds}
