@@ -28,7 +28,7 @@ INTEGRATION = os.path.join(REPO_ROOT, "tests", "integration")
 if INTEGRATION not in sys.path:
     sys.path.insert(0, INTEGRATION)
 
-import comfy_harness  # noqa: E402  (tests/integration/comfy_harness.py)
+import comfy_harness  # tests/integration/comfy_harness.py (on sys.path above)
 
 FRONTENDS_SCRIPT = os.path.join(REPO_ROOT, "scripts", "frontends.sh")
 NODE_MODULES = os.path.join(HERE, "node_modules", "playwright-core")

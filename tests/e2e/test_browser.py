@@ -27,9 +27,8 @@ import os
 import subprocess
 import tempfile
 
-import pytest
-
 import e2e_support as s
+import pytest
 
 SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows")
 
@@ -68,8 +67,7 @@ def e2e_server(request):
 def run_driver(server, scenario, out_dir, extra=(), timeout=900):
     cmd = [s.node_path(), s.DRIVER, "--url", server.url, "--scenario", scenario, "--out", out_dir,
            "--pack", s.comfy_harness.PACK_LINK_NAME, "--chromium", s.chromium_path(), *extra]
-    proc = subprocess.run(cmd, cwd=s.HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=s.HERE, capture_output=True, timeout=timeout, check=False)
     results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.decode("utf-8", "replace").splitlines()
                if line.startswith("RESULT ")]
     return proc, results
