@@ -819,6 +819,105 @@ SCENARIOS.workflows = async (run) => {
   }
 };
 
+// Subgraphs and trigger words: 3 rows (one of them e2e_support.TRIGGER_LORA, whose safetensors header carries
+// trigger metadata) built by clicking; the row shows its trigger words; the stack's `trigger_words` output feeds a
+// test-only output node (tests/e2e/show_text), whose history entry must carry the words. Then the LoRA Stack node
+// is converted into a subgraph (command Comfy.Graph.ConvertToSubgraph, frontend 1.20.1+): the inner node's rows,
+// the API prompt and a second run (status, trigger words) are the same.
+const TRIGGER_LORA = "e2e_trigger_lora.safetensors";       // tests/e2e/e2e_support.py TRIGGER_LORA / TRIGGER_WORDS
+const TRIGGER_WORDS = "e2ezebra, striped coat";
+SCENARIOS.subgraph_triggers = async (run) => {
+  const { page } = run;
+  const ids = await run.buildTestGraph();
+  ids.show = await page.evaluate((stackId) => {
+    const { app, LiteGraph } = window;
+    const stack = app.graph.getNodeById(stackId);
+    const show = LiteGraph.createNode("E2EShowText");
+    if (!show) throw new Error("cannot create E2EShowText (tests/e2e/show_text not loaded?)");
+    show.pos = [720, 520];
+    app.graph.add(show);
+    const out = stack.findOutputSlot("trigger_words");
+    if (out < 0) throw new Error(`LoRA Stack has no trigger_words output: ${stack.outputs.map((o) => o.name)}`);
+    stack.connect(out, show, show.findInputSlot("text"));
+    app.graph.setDirtyCanvas(true, true);
+    return show.id;
+  }, ids.stack);
+  const editor = await run.stackEditor(ids.stack);
+  await editor.waitFor({ state: "visible", timeout: 15000 });
+  const names = ["kohya_lora_a.safetensors", TRIGGER_LORA, "locon_conv.safetensors"];
+  for (let i = 0; i < names.length; i++) {
+    if ((await run.rows(editor).count()) <= i) {
+      await editor.locator(tid(CONTRACT.addRow)).click();
+      await run.rows(editor).nth(i).waitFor({ state: "visible" });
+    }
+    await run.pickLora(run.rows(editor).nth(i), names[i]);
+  }
+  const built = await run.readRows(editor);
+  run.step("3 rows built by clicking", JSON.stringify(built));
+  // the row of the LoRA with metadata shows its words; the others none
+  const words = await run.waitText(run.rows(editor).nth(1).locator(tid(CONTRACT.rowTriggers)), /e2ezebra/);
+  if (!/striped coat/.test(words)) throw new Error(`row 2's trigger words: ${JSON.stringify(words)}`);
+  const others = [await run.rows(editor).nth(0).locator(tid(CONTRACT.rowTriggers)).textContent(),
+                  await run.rows(editor).nth(2).locator(tid(CONTRACT.rowTriggers)).textContent()];
+  if (others.some((t) => /e2ezebra/.test(t || ""))) throw new Error(`other rows show trigger words: ${JSON.stringify(others)}`);
+  run.step("row-trigger-words of row 2", words.trim());
+  const shownText = (entry, id) => entry.outputs?.[String(id)]?.text?.[0];
+  let entry = await run.queueAndWait();
+  if (shownText(entry, ids.show) !== TRIGGER_WORDS) {
+    throw new Error(`trigger_words output reached the show node as ${JSON.stringify(entry.outputs?.[String(ids.show)])}, want ${JSON.stringify(TRIGGER_WORDS)}`);
+  }
+  run.step("queued: trigger_words output", shownText(entry, ids.show));
+  const status = page.locator(tid(CONTRACT.status)).first();
+  run.step("status", (await run.waitText(status, /\b3 LoRAs\b/)).replace(/\s+/g, " ").slice(0, 160));
+  // a changed strength, so that the run after the conversion is not served from ComfyUI's cache
+  await run.setStrength(run.rows(editor).nth(2), 0.5);
+  const rowsBefore = await page.evaluate((id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === "rows").value, ids.stack);
+  if (JSON.parse(rowsBefore)[2]?.strength !== 0.5) throw new Error(`row 3 re-weighted to 0.5: ${rowsBefore}`);
+  run.step("row 3 re-weighted to 0.5");
+
+  // convert the LoRA Stack node into a subgraph through the frontend's command
+  const conv = await page.evaluate(async (id) => {
+    const { app } = window;
+    const cmds = app.extensionManager.command;
+    const known = (cmds.commands || []).map((c) => c.id);
+    if (known.length && !known.includes("Comfy.Graph.ConvertToSubgraph")) return { missing: true };
+    app.canvas.deselectAll?.();
+    app.canvas.selectNode(app.graph.getNodeById(id));
+    await cmds.execute("Comfy.Graph.ConvertToSubgraph");
+    const sg = (app.graph._nodes || app.graph.nodes).find((n) => n.subgraph && (n.subgraph._nodes || n.subgraph.nodes)
+      .some((x) => x.type === "LoraStateStack"));
+    if (!sg) return { failed: (app.graph._nodes || []).map((n) => n.type) };
+    const inner = (sg.subgraph._nodes || sg.subgraph.nodes).find((x) => x.type === "LoraStateStack");
+    return { subgraphNode: sg.id, innerId: inner.id, rows: inner.widgets.find((w) => w.name === "rows").value,
+             stackLeft: (app.graph._nodes || app.graph.nodes).some((n) => n.type === "LoraStateStack") };
+  }, ids.stack);
+  const version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ || "?");
+  if (conv.missing) {
+    run.step(`SKIPPED subgraph part: frontend ${version} has no command Comfy.Graph.ConvertToSubgraph`);
+    return;
+  }
+  if (conv.failed) throw new Error(`no subgraph node holds the LoRA Stack after the conversion; root nodes ${conv.failed}`);
+  if (conv.stackLeft) throw new Error("a LoRA Stack node is still in the root graph after the conversion");
+  if (conv.rows !== rowsBefore) throw new Error(`rows inside the subgraph: ${conv.rows}\nbefore: ${rowsBefore}`);
+  run.step(`converted to subgraph node ${conv.subgraphNode} (frontend ${version}); inner LoRA Stack ${conv.innerId} rows intact`, conv.rows);
+  // the API prompt carries the rows of the inner node
+  const api = await page.evaluate(async () => {
+    const p = await window.app.graphToPrompt();
+    return Object.entries(p.output).filter(([, n]) => n.class_type === "LoraStateStack").map(([k, n]) => [k, n.inputs.rows]);
+  });
+  if (api.length !== 1 || api[0][1] !== rowsBefore) throw new Error(`API prompt's LoRA Stack nodes: ${JSON.stringify(api)}`);
+  run.step(`API prompt: LoRA Stack ${api[0][0]} carries the rows`);
+  // queued again: the status is rendered afresh with the same count, the words still arrive
+  await page.evaluate((sel) => { document.querySelector(sel).textContent = "(e2e: cleared)"; }, tid(CONTRACT.status));
+  entry = await run.queueAndWait();
+  if (!entry.outputs?.[String(ids.reconcile)]) throw new Error(`LoRA Reconcile did not run: outputs ${Object.keys(entry.outputs || {})}`);
+  if (shownText(entry, ids.show) !== TRIGGER_WORDS) {
+    throw new Error(`after the conversion the show node got ${JSON.stringify(entry.outputs?.[String(ids.show)])}`);
+  }
+  run.step("queued with the subgraph: trigger_words output", shownText(entry, ids.show));
+  run.step("status", (await run.waitText(status, /\b3 LoRAs\b/)).replace(/\s+/g, " ").slice(0, 160));
+};
+
 // README screenshots (scripts/screenshots.sh): a stack with several rows, one run, then the stack node, the
 // Reconcile status and the sidebar as element screenshots into --shots.
 SCENARIOS.screenshots = async (run) => {

@@ -120,13 +120,44 @@ def assets_dir():
     return os.environ.get("LORA_STATE_COMFY_ASSETS") or os.path.join(tempfile.gettempdir(), "lora_state_comfy_assets")
 
 
+# Test-only node folders the server loads (tests/e2e/<name>).
+TEST_NODES = [os.path.join(HERE, "comfyroll_standin"), os.path.join(HERE, "show_text")]
+
+# A LoRA whose safetensors header carries trigger metadata (the integration assets' LoRAs carry none): the
+# tensors of kohya_lora_a with `modelspec.trigger_phrase` and kohya's `ss_tag_frequency`. Its trigger words
+# (lora_state/trigger_words.py: the explicit phrase wins) are TRIGGER_WORDS.
+TRIGGER_LORA = "e2e_trigger_lora.safetensors"
+TRIGGER_WORDS = "e2ezebra, striped coat"
+_TRIGGER_SCRIPT = r"""
+import json, os, sys
+from safetensors.torch import load_file, save_file
+src, dest, phrase = sys.argv[1:4]
+meta = {"modelspec.trigger_phrase": phrase, "ss_output_name": "e2e_trigger_lora",
+        "ss_tag_frequency": json.dumps({"10_e2ezebra horse": {"e2ezebra": 12, "striped coat": 9, "grass": 3}})}
+tmp = dest + ".tmp"
+save_file(load_file(src), tmp, metadata=meta)
+os.replace(tmp, dest)
+"""
+
+
+def add_trigger_lora(assets, python):
+    """Write TRIGGER_LORA into the assets' loras folder (with the server's python, which has safetensors)."""
+    loras = os.path.join(assets, "models", "loras")
+    dest = os.path.join(loras, TRIGGER_LORA)
+    if not os.path.isfile(dest):
+        subprocess.run([python, "-c", _TRIGGER_SCRIPT, os.path.join(loras, "kohya_lora_a.safetensors"), dest,
+                        TRIGGER_WORDS], check=True, capture_output=True, timeout=300)
+    return dest
+
+
 def start_server(comfy, static, assets, **kwargs):
     """A ComfyServer (tests/integration/comfy_harness.py) on checkout `comfy` = (path, python), serving the
-    frontend in `static`."""
+    frontend in `static`; the assets get TRIGGER_LORA."""
     old = {k: os.environ.get(k) for k in ("COMFYUI_PATH", "COMFYUI_PYTHON")}
     os.environ["COMFYUI_PATH"], os.environ["COMFYUI_PYTHON"] = comfy
     try:
         comfy_harness.build_assets(assets)
+        add_trigger_lora(assets, comfy[1])
         server = comfy_harness.ComfyServer(assets, extra_args=["--front-end-root", static], **kwargs)
     finally:
         for k, v in old.items():

@@ -6,7 +6,6 @@ For working on the browser tests (node tests/e2e/driver.mjs --url <URL> ...) and
 The ComfyUI checkout is found as in e2e_support.comfy_for.
 """
 import argparse
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ def main():
     version, static = s.frontend_root(args.frontend)
     if version is None:
         sys.exit(static)
-    server = s.start_server(comfy, static, s.assets_dir(), test_nodes=[os.path.join(s.HERE, "comfyroll_standin")])
+    server = s.start_server(comfy, static, s.assets_dir(), test_nodes=s.TEST_NODES)
     print(f"URL {server.url} frontend {version} comfyui {comfy_version} log {server.log_path}", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))

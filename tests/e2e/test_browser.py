@@ -18,6 +18,8 @@ Scenarios (driver.mjs):
     sidebar    Verify (toast), the LoraState.Toasts setting silences the removal toast, Reset LoRA State by its
                keybinding (confirmed) empties the ledger
     workflows  each example workflow and a workflow saved with the 5-slot node load (old slots become rows) and run
+    subgraph_triggers  a row's trigger words (a LoRA with safetensors metadata) shown and carried by the
+               trigger_words output; the LoRA Stack converted into a subgraph: rows, API prompt, run intact
 Every scenario fails on a console error or page error coming from the pack's files.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tempfile
 import e2e_support as s
 import pytest
 
-SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows")
+SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows", "subgraph_triggers")
 
 
 def _frontend_ids():
@@ -53,7 +55,7 @@ def e2e_server(request):
     if version is None:
         pytest.skip(static)
     server = s.start_server(comfy, static, s.assets_dir(),
-                            test_nodes=[os.path.join(s.HERE, "comfyroll_standin")])
+                            test_nodes=s.TEST_NODES)
     server.frontend_version = version
     server.comfy_version = comfy_version
     try:
