@@ -12,7 +12,6 @@ step's arithmetic), else from an undo copy taken just before. So undo copies are
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -23,6 +22,7 @@ from .backups import BackupStore
 from .drift import step_bounds, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
+from .scratch import work_buffer
 
 PatchOf = Callable[[str, str], object]   # (sha256, key) -> the host's patch object
 
@@ -259,19 +259,8 @@ def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor
         raise
 
 
-_scratch = threading.local()
-
-
 def _work_scratch(like: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A reused flat work buffer on like's device. A fresh multi-MB allocation per key costs page faults that
-    take as long as the arithmetic itself on CPU; the buffer grows to the largest need and stays (per thread)."""
-    buffers = getattr(_scratch, "buffers", None)
-    if buffers is None:
-        buffers = _scratch.buffers = {}
-    buffer = buffers.get((like.device, dtype))
-    if buffer is None or buffer.numel() < numel:
-        buffer = buffers[(like.device, dtype)] = torch.empty(numel, dtype=dtype, device=like.device)
-    return buffer[:numel]
+    return work_buffer("applier", numel, dtype, like.device)
 
 
 def _unwound(host: Host, key_plan: KeyPlan, live: torch.Tensor, patch_of: PatchOf) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ..lora_state.drift import product_bound
 from ..lora_state.formats import WEIGHT_READERS, fits
 from ..lora_state.hosts import Host
 from ..lora_state.naming import Coverage, ResolvedLora, group_keys
+from ..lora_state.scratch import work_buffer
 from .backend import in_place_problem
 
 # Moved from comfy.model_patcher to comfy.utils in ComfyUI 0.12 (the old name logs a warning on every call).
@@ -110,17 +111,20 @@ _ROUNDED_TO_NEAREST = (torch.float32, torch.float16, torch.bfloat16)    # stocha
 
 
 class _ProductRows:
-    """update(block, first, last) += alpha * (up @ down)[first:last], the product made once, when first needed."""
+    """update(block, first, last) += alpha * (up @ down)[first:last], the product made once, when first needed,
+    into a reused buffer (torch.mm with out=: the same kernel, the same bits)."""
 
-    __slots__ = ("up", "down", "alpha", "device", "product")
+    __slots__ = ("up", "down", "alpha", "device", "slot", "product")
 
-    def __init__(self, up, down, alpha, device):
-        self.up, self.down, self.alpha, self.device, self.product = up, down, alpha, device, None
+    def __init__(self, up, down, alpha, device, slot):
+        self.up, self.down, self.alpha, self.device, self.slot, self.product = up, down, alpha, device, slot, None
 
     def __call__(self, block, first, last):
         if self.product is None:
-            self.product = torch.mm(self.up.flatten(1).to(device=self.device, dtype=torch.float32),
-                                    self.down.flatten(1).to(device=self.device, dtype=torch.float32))
+            up = self.up.flatten(1).to(device=self.device, dtype=torch.float32)
+            down = self.down.flatten(1).to(device=self.device, dtype=torch.float32)
+            out = work_buffer(f"lora product {self.slot}", up.shape[0] * down.shape[1], torch.float32, self.device)
+            self.product = torch.mm(up, down, out=out.view(up.shape[0], down.shape[1]))
         block.add_(self.product[first:last], alpha=self.alpha)
 
 
@@ -291,7 +295,8 @@ class ComfyModelHost(Host):
             factors = patch.lora_factors()
             if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
                 return None
-            updates.extend(_ProductRows(up, down, strength * scale, device) for up, down, scale in factors)
+            updates.extend(_ProductRows(up, down, strength * scale, device, len(updates) + i)
+                           for i, (up, down, scale) in enumerate(factors))
         return updates
 
     def work_dtype(self):
