@@ -147,9 +147,15 @@ def summarize(raw: dict) -> dict:
     return out
 
 
+#: ComfyUI's default (classic) cache keeps only the current prompt's node outputs: alternating native and ours
+#: prompts would reload the other side's checkpoint on every switch of side (a new model, a first application
+#: again). An LRU cache keeps both sides' checkpoints and text encodings, as one user's cached model would be.
+CACHE_ARGS = ["--cache-lru", "64"]
+
+
 def _server(assets: dict, threads: int) -> ComfyServer:
-    return ComfyServer(assets["dir"], extra_args=assets["server_args"], threads=threads, test_nodes=(TIMER_NODE,),
-                       boot_timeout=300)
+    return ComfyServer(assets["dir"], extra_args=assets["server_args"] + CACHE_ARGS, threads=threads,
+                       test_nodes=(TIMER_NODE,), boot_timeout=300)
 
 
 def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log, separate: bool = False) -> dict:
