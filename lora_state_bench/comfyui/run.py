@@ -94,9 +94,11 @@ def run_mode(bench: Bench, mode: str, rounds: int, log, kinds=("native", "ours")
         bench.run(kind, mode, 0.5, 1)          # warm-up change, untimed
     log(f"  {mode}: first application " + ", ".join(f"{kind} {raw[kind]['first']:.2f} s" for kind in kinds))
     bench.timer_calls()
-    strength, seed = 0.5, 1
+    seed = 1
     for index in range(rounds):
-        strength = 0.5 if strength == 1.0 else 1.0
+        # 1.0 <-> 0.5, each time a value not used before (+ index/1000): with the LRU cache a repeated stack and
+        # seed would be answered from the cache without running anything.
+        strength = (1.0 if index % 2 == 0 else 0.5) + (index + 1) / 1000
         seed += 1
         for kind in kinds if index % 2 == 0 else tuple(reversed(kinds)):
             raw[kind]["switch"].append(bench.run(kind, mode, strength, 1))
