@@ -365,7 +365,7 @@ PUBLISHED = ("__init__.py", "nodes/nodes.py", "lora_state/manager.py", "web/lora
              "locales/en/nodeDefs.json", "example_workflows/lora_state_basic.json", "pyproject.toml", "README.md",
              "requirements.txt")
 NOT_PUBLISHED = ("tests/test_pack_files.py", "tests/integration/comfy_harness.py", "scripts/test.sh", ".ci/run",
-                 "constraints.txt", "docs/bench/comfyui_auto.json", "docs/bench/raw/run1.txt")
+                 "constraints.txt", "docs/bench/comfyui_sd15.json", "docs/bench/raw/run1.txt")
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
