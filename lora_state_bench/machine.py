@@ -9,21 +9,26 @@ import time
 import torch
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     except OSError:
         pass
-    memory = None
+    return cpu
+
+
+def memory_bytes() -> int | None:
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        pass
+        return None
+
+
+def machine_info() -> dict:
+    cpu, memory = cpu_name(), memory_bytes()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average_at_start": load_average(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),

@@ -87,11 +87,9 @@ def register(server) -> None:
     @routes.get(PREFIX + "/trigger_words")
     async def lora_trigger_words(request):
         # Only the file's header is read (cheap: the editor asks for every row it shows).
-        name = request.query.get("name", "")
-        if name not in folder_paths.get_filename_list("loras"):
-            return web.json_response({"error": "unknown LoRA name: use a name from the loras folders list"},
-                                     status=404)
-        path = folder_paths.get_full_path_or_raise("loras", name)
+        name, path, error = _named_lora(request)
+        if error:
+            return error
         try:
             words = await asyncio.to_thread(trigger_words, path)
         except (OSError, ValueError) as exc:
@@ -100,11 +98,9 @@ def register(server) -> None:
 
     @routes.get(PREFIX + "/lora")
     async def lora_info(request):
-        name = request.query.get("name", "")
-        if name not in folder_paths.get_filename_list("loras"):
-            return web.json_response({"error": "unknown LoRA name: use a name from the loras folders list"},
-                                     status=404)
-        path = folder_paths.get_full_path_or_raise("loras", name)
+        name, path, error = _named_lora(request)
+        if error:
+            return error
         try:
             loaded = await asyncio.to_thread(DEFAULT_FILE_CACHE.load, path)   # hashes and parses: off the loop
         except LoraStateError as exc:
@@ -126,6 +122,15 @@ def _broadcast(server, event: dict) -> None:
                "error": event.get("error"), "added": list(event.get("added") or ()),
                "removed": list(event.get("removed") or ()), "model": _describe(managed) if managed else None}
     server.send_sync(EVENT, payload)
+
+
+def _named_lora(request) -> tuple:
+    """(name, path, None) for a `name` query that ComfyUI lists in its loras folders, else a 404 response."""
+    name = request.query.get("name", "")
+    if name not in folder_paths.get_filename_list("loras"):
+        return name, None, web.json_response(
+            {"error": "unknown LoRA name: use a name from the loras folders list"}, status=404)
+    return name, folder_paths.get_full_path_or_raise("loras", name), None
 
 
 async def _json(request):

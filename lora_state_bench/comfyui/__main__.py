@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import __doc__ as DOC
+from ..machine import cpu_name, memory_bytes
 from .assets import SIZES, prepare
 from .harness import SKIP_REASON, comfy_paths
 from .report import format_report, plot
@@ -26,12 +27,7 @@ def _split(values):
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     comfy_path, python = comfy_paths()
     comfyui = server_torch = None
     try:
@@ -44,11 +40,7 @@ def machine(threads: int) -> dict:
                                       capture_output=True, text=True, timeout=120).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    memory = None
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        pass
+    memory = memory_bytes()
     try:
         load = list(os.getloadavg())
     except OSError:

@@ -825,6 +825,7 @@ SCENARIOS.workflows = async (run) => {
 // is converted into a subgraph (command Comfy.Graph.ConvertToSubgraph, frontend 1.20.1+): the inner node's rows,
 // the API prompt and a second run (status, trigger words) are the same.
 const TRIGGER_LORA = "e2e_trigger_lora.safetensors";       // tests/e2e/e2e_support.py TRIGGER_LORA / TRIGGER_WORDS
+const UNMATCHED_LORA = "e2e_unmatched_lora.safetensors";   // tests/e2e/e2e_support.py UNMATCHED_LORA
 const TRIGGER_WORDS = "e2ezebra, striped coat";
 SCENARIOS.subgraph_triggers = async (run) => {
   const { page } = run;
@@ -916,6 +917,36 @@ SCENARIOS.subgraph_triggers = async (run) => {
   }
   run.step("queued with the subgraph: trigger_words output", shownText(entry, ids.show));
   run.step("status", (await run.waitText(status, /\b3 LoRAs\b/)).replace(/\s+/g, " ").slice(0, 160));
+};
+
+// A LoRA part of whose modules match nothing in the model: the Reconcile status flags it (⚠ line), and so does the
+// row naming it, while the rest of the stack is applied.
+SCENARIOS.flagged = async (run) => {
+  const { page } = run;
+  const ids = await run.buildTestGraph();
+  const editor = await run.stackEditor(ids.stack);
+  await editor.waitFor({ state: "visible", timeout: 15000 });
+  const names = ["locon_conv.safetensors", UNMATCHED_LORA];
+  for (let i = 0; i < names.length; i++) {
+    if ((await run.rows(editor).count()) <= i) {
+      await editor.locator(tid(CONTRACT.addRow)).click();
+      await run.rows(editor).nth(i).waitFor({ state: "visible" });
+    }
+    await run.pickLora(run.rows(editor).nth(i), names[i]);
+  }
+  run.step("2 rows built by clicking", JSON.stringify(await run.readRows(editor)));
+  await run.queueAndWait();
+  const status = page.locator(tid(CONTRACT.status)).first();
+  const text = (await run.waitText(status, /⚠/)).replace(/\s+/g, " ");
+  if (!text.includes(UNMATCHED_LORA) || !/\b2 LoRAs\b/.test(text)) {
+    throw new Error(`status should apply 2 LoRAs and flag ${UNMATCHED_LORA}: ${JSON.stringify(text)}`);
+  }
+  run.step("status flags the file", text.slice(0, 240));
+  const warning = await run.waitText(run.rows(editor).nth(1).locator('[data-testid="row-warning"]'), /⚠/);
+  if ((await run.rows(editor).nth(0).locator('[data-testid="row-warning"]').count()) !== 0) {
+    throw new Error("the row of a LoRA that fits the model shows a warning");
+  }
+  run.step("the row naming it shows", warning.trim());
 };
 
 // README screenshots (scripts/screenshots.sh): a stack with several rows, one run, then the stack node, the

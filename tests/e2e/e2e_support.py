@@ -140,6 +140,33 @@ os.replace(tmp, dest)
 """
 
 
+# A LoRA of which a third of the modules match nothing in the model (renamed kohya prefixes): LoRA Reconcile must
+# flag it on the graph (its status line and the row naming it), while applying the rest.
+UNMATCHED_LORA = "e2e_unmatched_lora.safetensors"
+_UNMATCHED_SCRIPT = r"""
+import os, sys
+from safetensors.torch import load_file, save_file
+src, dest = sys.argv[1:3]
+tensors = load_file(src)
+prefixes = sorted({k.split(".", 1)[0] for k in tensors})
+renamed = {p: f"lora_unet_e2e_missing_{i}" for i, p in enumerate(prefixes[::3])}
+out = {renamed.get(k.split(".", 1)[0], k.split(".", 1)[0]) + "." + k.split(".", 1)[1]: v for k, v in tensors.items()}
+tmp = dest + ".tmp"
+save_file(out, tmp)
+os.replace(tmp, dest)
+"""
+
+
+def add_unmatched_lora(assets, python):
+    """Write UNMATCHED_LORA into the assets' loras folder (with the server's python)."""
+    loras = os.path.join(assets, "models", "loras")
+    dest = os.path.join(loras, UNMATCHED_LORA)
+    if not os.path.isfile(dest):
+        subprocess.run([python, "-c", _UNMATCHED_SCRIPT, os.path.join(loras, "kohya_lora_a.safetensors"), dest],
+                       check=True, capture_output=True, timeout=300)
+    return dest
+
+
 def add_trigger_lora(assets, python):
     """Write TRIGGER_LORA into the assets' loras folder (with the server's python, which has safetensors)."""
     loras = os.path.join(assets, "models", "loras")
@@ -152,12 +179,13 @@ def add_trigger_lora(assets, python):
 
 def start_server(comfy, static, assets, **kwargs):
     """A ComfyServer (tests/integration/comfy_harness.py) on checkout `comfy` = (path, python), serving the
-    frontend in `static`; the assets get TRIGGER_LORA."""
+    frontend in `static`; the assets get TRIGGER_LORA and UNMATCHED_LORA."""
     old = {k: os.environ.get(k) for k in ("COMFYUI_PATH", "COMFYUI_PYTHON")}
     os.environ["COMFYUI_PATH"], os.environ["COMFYUI_PYTHON"] = comfy
     try:
         comfy_harness.build_assets(assets)
         add_trigger_lora(assets, comfy[1])
+        add_unmatched_lora(assets, comfy[1])
         server = comfy_harness.ComfyServer(assets, extra_args=["--front-end-root", static], **kwargs)
     finally:
         for k, v in old.items():

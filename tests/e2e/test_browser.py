@@ -32,7 +32,7 @@ import tempfile
 import e2e_support as s
 import pytest
 
-SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows", "subgraph_triggers")
+SCENARIOS = ("smoke", "stack", "editing", "sidebar", "workflows", "subgraph_triggers", "flagged")
 
 
 def _frontend_ids():
