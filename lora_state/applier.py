@@ -22,7 +22,7 @@ from .backups import BackupStore
 from .drift import step_bounds, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
-from .scratch import work_buffer
+from .scratch import kept_buffers, work_buffer
 
 PatchOf = Callable[[str, str], object]   # (sha256, key) -> the host's patch object
 
@@ -65,7 +65,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
     total = len(plan.work)
     done: list[Written] = []
     stats = ApplyStats()
-    with torch.no_grad():
+    with torch.no_grad(), kept_buffers():
         try:
             for key_plan in plan.keys:
                 live = host.parameter(key_plan.key)

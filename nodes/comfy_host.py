@@ -111,13 +111,18 @@ _ROUNDED_TO_NEAREST = (torch.float32, torch.float16, torch.bfloat16)    # stocha
 
 
 class _ProductRows:
-    """update(block, first, last) += alpha * (up @ down)[first:last], the product made once, when first needed,
-    into a reused buffer (torch.mm with out=: the same kernel, the same bits)."""
+    """update(block, first, last) adds rows [first, last) of alpha * (up @ down) to the block. The product is made
+    once, when first needed, into a reused buffer (torch.mm with out=: the same kernel and bits as calculate_weight).
 
-    __slots__ = ("up", "down", "alpha", "device", "slot", "product")
+    `exact`: the two roundings of calculate_weight's `weight += ((strength * alpha) * lora_diff).type(weight.dtype)`
+    (the scaled product in fp32, then the add in the block's dtype), element by element, so a key written by rows
+    has the bits native patching gives it. Otherwise (a delta step) one fused add."""
 
-    def __init__(self, up, down, alpha, device, slot):
-        self.up, self.down, self.alpha, self.device, self.slot, self.product = up, down, alpha, device, slot, None
+    __slots__ = ("up", "down", "alpha", "device", "slot", "exact", "product")
+
+    def __init__(self, up, down, alpha, device, slot, exact):
+        self.up, self.down, self.alpha, self.device, self.slot = up, down, alpha, device, slot
+        self.exact, self.product = exact, None
 
     def __call__(self, block, first, last):
         if self.product is None:
@@ -125,7 +130,13 @@ class _ProductRows:
             down = self.down.flatten(1).to(device=self.device, dtype=torch.float32)
             out = work_buffer(f"lora product {self.slot}", up.shape[0] * down.shape[1], torch.float32, self.device)
             self.product = torch.mm(up, down, out=out.view(up.shape[0], down.shape[1]))
-        block.add_(self.product[first:last], alpha=self.alpha)
+        rows = self.product[first:last]
+        if not self.exact:
+            block.add_(rows, alpha=self.alpha)
+            return
+        scaled = work_buffer("lora scaled rows", rows.numel(), torch.float32, self.device).view(rows.shape)
+        torch.mul(rows, self.alpha, out=scaled)
+        block.add_(scaled if block.dtype == torch.float32 else scaled.to(block.dtype))
 
 
 class ComfyModelHost(Host):
@@ -146,6 +157,7 @@ class ComfyModelHost(Host):
         self._key_map = None
         self._state_keys = None
         self._owners: dict[str, tuple] = {}     # key -> (weakref to the owning module, attribute name)
+        self._seeds: dict[str, int] = {}        # key -> ComfyUI's rounding seed (a hash of the key, per row block)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -283,11 +295,13 @@ class ComfyModelHost(Host):
         return self.combine(key, weight, rest) if rest else weight
 
     def row_updates(self, key, weight, contributions, delta_step):
-        # Exact writes stay whole: calculate_weight on the whole weight is what native patching does. A delta step of
-        # plain LoRAs goes by rows around each LoRA's whole product, computed as in add_terms (so the product and its
-        # rounding stay shared with the exact path); fp8 and other stochastically rounded dtypes stay whole too.
+        # Plain LoRAs on a float weight go by rows around each LoRA's whole product, made as calculate_weight makes
+        # it: exact writes then repeat calculate_weight's per-element roundings in its order (native's bits, without
+        # its full-size temporaries), delta steps add the product in one fused op. Anything else (DoRA, diff, offset,
+        # fp8 and other stochastically rounded dtypes, a weight away from the compute device) stays whole, through
+        # calculate_weight itself.
         device = self.compute_device or weight.device
-        if not delta_step or weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
+        if weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
             return None
         rows, cols = weight.shape[0], weight[0].numel()
         updates = []
@@ -295,7 +309,7 @@ class ComfyModelHost(Host):
             factors = patch.lora_factors()
             if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
                 return None
-            updates.extend(_ProductRows(up, down, strength * scale, device, len(updates) + i)
+            updates.extend(_ProductRows(up, down, strength * scale, device, len(updates) + i, not delta_step)
                            for i, (up, down, scale) in enumerate(factors))
         return updates
 
@@ -306,7 +320,10 @@ class ComfyModelHost(Host):
         return dtype == torch.float32 and self.compute_dtype() == torch.float32
 
     def write_rounded(self, key, target, value):
-        target.copy_(comfy.float.stochastic_rounding(value, target.dtype, seed=string_to_seed(key)))
+        seed = self._seeds.get(key)
+        if seed is None:
+            seed = self._seeds[key] = string_to_seed(key)
+        target.copy_(comfy.float.stochastic_rounding(value, target.dtype, seed=seed))
 
     def write_problem(self, key, tensor, memory):
         if self.refuse_writes is not None:
