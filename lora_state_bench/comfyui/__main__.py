@@ -100,10 +100,11 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
 
-    data = {"version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(args.threads),
+    data = {"version": 2, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(args.threads),
             "rounds": args.rounds, "modes": modes, "sizes": [],
-            "units": {"first": "execution time of the first prompt after POST /free (checkpoint load, 5 LoRAs, "
-                               "text encoding, 2 sampling steps at 64x64)",
+            "units": {"first": "execution time of the first prompt with the LoRAs after POST /free, the side's "
+                               "checkpoint loaded by an untimed prompt without LoRAs before (5 LoRAs, text "
+                               "encoding, 2 sampling steps at 64x64)",
                       "overheads": "per change: prompt time after the strength change - median prompt time after "
                                    "a seed-only change",
                       "reconcile": "LoRA State's reconcile seconds of the change (ledger last_change.seconds)",

@@ -52,6 +52,12 @@ class Bench:
         self.server = server
         self.assets = assets
 
+    def run_base(self, kind: str) -> float:
+        """A prompt of the side's checkpoint without LoRAs: loads the checkpoint (not LoRA work)."""
+        checkpoint = self.assets["checkpoint" if kind == "native" else "checkpoint_ours"]
+        return execution_seconds(self.server.run_prompt(native_prompt(checkpoint, seed=0, prefix=f"bench_{kind}"),
+                                                        timeout=PROMPT_TIMEOUT))
+
     def run(self, kind: str, mode: str, strength: float, seed: int) -> float:
         loras = stack(self.assets["loras"], strength)
         if kind == "native":
@@ -78,7 +84,9 @@ class Bench:
 
 
 def run_mode(bench: Bench, mode: str, rounds: int, log, kinds=("native", "ours")) -> dict:
-    """Fresh models (POST /free), first application for each side, one untimed change each, then `rounds` rounds
+    """Fresh models (POST /free), each side's checkpoint loaded by a prompt without LoRAs (untimed: loading a
+    checkpoint is not LoRA work, and the side loading second would be charged a slower load), the first application
+    for each side, one untimed change each, then `rounds` rounds
     of: change one LoRA's model strength (1.0 <-> 0.5) and time the prompt, then change only the seed and time it;
     the order of native and ours alternates from round to round. Returns the raw numbers of each side in `kinds`."""
     bench.server.free(unload_models=True, free_memory=True)
@@ -87,6 +95,8 @@ def run_mode(bench: Bench, mode: str, rounds: int, log, kinds=("native", "ours")
            "ours": {"first": None, "switch": [], "seed": [], "reconcile": [], "reconcile_clip": [],
                     "first_reconcile": None, "unchanged_ms": [], "unchanged_calls": []}}
     raw = {kind: raw[kind] for kind in kinds}
+    for kind in kinds:
+        bench.run_base(kind)
     for kind in kinds:
         raw[kind]["first"] = bench.run(kind, mode, 1.0, 1)
         if kind == "ours":
