@@ -189,6 +189,7 @@ class LoraStateManager:
         self.lock = threading.RLock()
         self._resolved: dict[str, ResolvedLora] = {}     # by sha256: applied + last requested LoRAs
         self._request_signature: tuple | None = None
+        self._changes = 0          # reconciles that wrote something: the clock of auto's re-base turns
         self.listeners: list[Callable[["LoraStateManager", dict], None]] = []
 
     # -- what is applied ------------------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class LoraStateManager:
                 before_write()
             stats = self._apply(plan, progress)
             self._commit(plan, stats.drift, requested_stack, mode, signature, carried)
+            self._changes += bool(plan.work)
             report.backend = self.ledger.backend
             report.keys_as_patches = len(carried)
             report.paths = plan.count()
@@ -327,7 +329,8 @@ class LoraStateManager:
             return drift / unit if unit else float("inf")
 
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
-                         can_backup=can_backup, cost=cost, drift_budget_ulps=budget, delta_drift_ulps=delta_drift_ulps)
+                         can_backup=can_backup, cost=cost, drift_budget_ulps=budget, delta_drift_ulps=delta_drift_ulps,
+                         change_number=self._changes)
         for key_plan in plan.keys:
             if not key_plan.base_magnitude and key_plan.key in measured:
                 key_plan.base_magnitude = measured[key_plan.key]

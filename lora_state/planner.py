@@ -6,9 +6,16 @@ Paths a key can take:
 - ``exact``    recompute from the clean backup with all new contributors, fp32 math, one rounding;
 - ``delta``    add sum((new - old) strength * delta) of the changed linear contributors to the current weight;
 - ``relabel``  only the order of linear contributors changed: the sum is the same, no weight work.
+
+auto re-bases a key (exact, from its clean copy) when a delta step would take it past the drift budget, and also
+in its own turn: a key whose budget allows n delta steps in a row re-bases on every (n+1)-th change, at a phase
+fixed by its name. Keys written together (a first application, a LoRA changed on every key) would otherwise all
+exhaust their budget at the same change and all re-base then, every n+1 changes: a periodic full re-patch. In
+turns, each change re-bases about 1/(n+1) of the keys: the same work on average, spread evenly.
 """
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -63,13 +70,15 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
               is_linear: Callable[[str, str], bool], backup_drift: Callable[[str], float | None],
               can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
               drift_budget_ulps: Callable[[str], float],
-              delta_drift_ulps: Callable[[str, KeyState | None, tuple, tuple, tuple], float]) -> Plan:
+              delta_drift_ulps: Callable[[str, KeyState | None, tuple, tuple, tuple], float],
+              change_number: int = 0) -> Plan:
     """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0.0 if clean).
 
     Drift is a bound of max |weight - exact result| in absolute terms. ``drift_budget_ulps(key)`` is auto's budget
     in ulps of the key's dtype at its largest magnitude; ``delta_drift_ulps(key, state, old, new, terms)``
     predicts the drift after a delta step (or a relabel, without terms) from ``state``. auto takes such a step
-    only if the predicted drift stays within the budget.
+    only if the predicted drift stays within the budget, and not in the key's re-base turn (``change_number``:
+    the manager's count of reconciles that wrote something; see the module's docstring).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -88,7 +97,16 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
         terms = net_terms(old, new)
         def within_budget(key=key, state=state, old=old, new=new, terms=terms) -> bool:
             return delta_drift_ulps(key, state, old, new, terms) <= drift_budget_ulps(key)
-        path = _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backup, key, cost)
+
+        def rebase_turn(key=key, state=state, old=old, new=new, terms=terms) -> bool:
+            # Steps the budget allows from a fresh exact value, estimated by this step's drift from one: the first
+            # step also carries the exact value's own rounding, so the estimate errs towards re-basing early.
+            fresh = KeyState(old, magnitude=state.magnitude if state else 0.0)
+            first = delta_drift_ulps(key, fresh, old, new, terms)
+            cycle = int(drift_budget_ulps(key) // first) + 1 if first > 0 else 0
+            return cycle > 1 and zlib.crc32(key.encode()) % cycle == change_number % cycle
+        path = _choose(mode, new, terms, linear, backed, at_clean, within_budget, rebase_turn, can_backup, key,
+                       cost)
         unwind = path == "exact" and not backed and not at_clean
         # delta: rounds cur + change; relabel: same real sum in another fp32 order; unwind: the clean copy is
         # itself recovered by a delta step. exact/restore inherit only the drift of the clean copy.
@@ -102,7 +120,7 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
     return plan
 
 
-def _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backup, key, cost) -> str:
+def _choose(mode, new, terms, linear, backed, at_clean, within_budget, rebase_turn, can_backup, key, cost) -> str:
     if linear and not terms and mode != "exact":
         # Same real sum in another order: free, but it counts as a step against auto's drift budget.
         return "exact" if mode == "auto" and backed and not within_budget() else "relabel"
@@ -117,6 +135,6 @@ def _choose(mode, new, terms, linear, backed, at_clean, within_budget, can_backu
         return "delta"
     exact_cost = sum(cost(c.sha256, key) for c in new)
     delta_cost = sum(cost(sha, key) for sha, _ in terms)
-    if backed and delta_cost < exact_cost and within_budget():
+    if backed and delta_cost < exact_cost and within_budget() and not rebase_turn():
         return "delta"
     return "exact"

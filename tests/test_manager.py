@@ -287,3 +287,43 @@ def test_listeners_hear_every_change(loras):
 def test_mode_is_validated():
     with pytest.raises(ValueError, match="exact"):
         LoraStateManager(make_module(), mode="fast")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_rebases_keys_in_turns_not_all_at_once(tmp_path, dtype):
+    """Keys written together must not all exhaust their drift budget at the same change and re-base together
+    (a periodic full re-patch): each re-bases in its own turn, so every change does about the same work."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(dtype)
+    paths = []
+    for seed in range(2):
+        generator = torch.Generator().manual_seed(seed)
+        tensors = {}
+        for index in range(40):
+            tensors[f"lora_unet_{index}.lora_up.weight"] = torch.randn(32, 4, generator=generator) * 0.05
+            tensors[f"lora_unet_{index}.lora_down.weight"] = torch.randn(4, 32, generator=generator) * 0.05
+        paths.append(str(tmp_path / f"lora_{seed}.safetensors"))
+        save_file(tensors, paths[-1])
+    manager = LoraStateManager(module, mode="auto")
+    first = manager.reconcile([(paths[0], 1.0), (paths[1], 1.0)])
+    assert first.paths == {"exact": 40}
+    rebased = []
+    for change in range(8):
+        strength = (0.5 if change % 2 == 0 else 1.0) + change / 100
+        report = manager.reconcile([(paths[0], 1.0), (paths[1], strength)])
+        assert sum(report.paths.values()) == 40 and report.max_drift_ulps <= manager.budget_ulps(dtype)
+        rebased.append(report.paths.get("exact", 0))
+    # fp16/bf16: one delta step per re-base, so about half of the keys re-base at each change, never all or none.
+    assert all(8 <= count <= 32 for count in rebased), rebased
+    expected = {key: value for key, value in module.state_dict().items()}
+    exact = LoraStateManager(make_like(module), mode="exact")
+    exact.reconcile([(paths[0], 1.0), (paths[1], strength)])
+    for key, value in exact.host.module.state_dict().items():
+        assert ulp_distance(expected[key], value) <= manager.ledger.keys[key].drift_ulps if key in \
+            manager.ledger.keys else torch.equal(expected[key], value)
+
+
+def make_like(module):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(next(module.parameters()).dtype)
