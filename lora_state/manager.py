@@ -312,25 +312,46 @@ class LoraStateManager:
 
         measured: dict[str, float] = {}
 
-        def delta_drift_ulps(key: str, state, old, new, terms) -> float:
-            """The drift a delta step (or relabel) would leave, in the ulps it will be reported in."""
-            live = self.host.parameter(key)
-            before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)
-            measured[key] = before
+        def predict(key: str, live, drift: float, error, before: float, old, new, terms) -> tuple:
             bound = self.host.change_bound
-            drift, _, _, unit_magnitude = step_bounds(
-                live.dtype, self.host.work_dtype(), base_drift=state.drift if state else 0.0,
-                base_error=state.error if state else None, before=before,
+            return step_bounds(
+                live.dtype, self.host.work_dtype(), base_drift=drift, base_error=error, before=before,
                 clean_magnitude=self.backups.magnitude(key),
                 old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
                 new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
                 step_terms=[(bound(self._patch_of(sha, key)), change) for sha, change in terms])
+
+        def magnitude_before(key: str, state, live) -> float:
+            before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)
+            measured[key] = before
+            return before
+
+        def delta_drift_ulps(key: str, state, old, new, terms) -> float:
+            """The drift a delta step (or relabel) would leave, in the ulps it will be reported in."""
+            live = self.host.parameter(key)
+            drift, _, _, unit_magnitude = predict(key, live, state.drift if state else 0.0,
+                                                  state.error if state else None,
+                                                  magnitude_before(key, state, live), old, new, terms)
             unit = ulp_of(unit_magnitude, live.dtype)   # the unit it will be reported in
             return drift / unit if unit else float("inf")
 
+        def delta_steps(key: str, state, old, new, terms) -> int:
+            """How many such steps in a row (this one, then back, ...) auto's budget allows from the exact value:
+            the first step's drift (which carries the exact value's own rounding), then each further step's."""
+            live = self.host.parameter(key)
+            first, error, magnitude, unit_magnitude = predict(key, live, 0.0, None,
+                                                              magnitude_before(key, state, live), old, new, terms)
+            second = predict(key, live, first, error, magnitude, new, old, [(sha, -c) for sha, c in terms])[0]
+            unit = ulp_of(unit_magnitude, live.dtype)
+            budget = self.budget_ulps(live.dtype) * unit
+            if not unit or first > budget:
+                return 0
+            growth = second - first
+            return 1 + int(min((budget - first) / growth, 1e6)) if growth > 0 else 1_000_000
+
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
                          can_backup=can_backup, cost=cost, drift_budget_ulps=budget, delta_drift_ulps=delta_drift_ulps,
-                         change_number=self._changes)
+                         delta_steps=delta_steps, change_number=self._changes)
         for key_plan in plan.keys:
             if not key_plan.base_magnitude and key_plan.key in measured:
                 key_plan.base_magnitude = measured[key_plan.key]

@@ -11,7 +11,8 @@ auto re-bases a key (exact, from its clean copy) when a delta step would take it
 in its own turn: a key whose budget allows n delta steps in a row re-bases on every (n+1)-th change, at a phase
 fixed by its name. Keys written together (a first application, a LoRA changed on every key) would otherwise all
 exhaust their budget at the same change and all re-base then, every n+1 changes: a periodic full re-patch. In
-turns, each change re-bases about 1/(n+1) of the keys: the same work on average, spread evenly.
+turns, each change re-bases about 1/(n+1) of the keys (half of them in fp16/bf16, where n is 1): the same work on
+average, spread evenly. Keys allowed more than MAX_TURN_CYCLE - 1 steps (fp32) keep re-basing only when they must.
 """
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ from typing import Callable
 from .ledger import Contribution, KeyState
 
 MODES = ("exact", "delta", "auto")
+
+#: Keys whose budget allows more delta steps than this re-base only when they run out of it: their forced re-bases
+#: are rare, and turns that long would mostly re-base keys early.
+MAX_TURN_CYCLE = 64
 
 
 @dataclass
@@ -71,14 +76,16 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
               can_backup: Callable[[str], bool], cost: Callable[[str, str], float],
               drift_budget_ulps: Callable[[str], float],
               delta_drift_ulps: Callable[[str, KeyState | None, tuple, tuple, tuple], float],
+              delta_steps: Callable[[str, KeyState | None, tuple, tuple, tuple], int] | None = None,
               change_number: int = 0) -> Plan:
     """``backup_drift(key)``: None without a backup, else the drift bound of the backup itself (0.0 if clean).
 
     Drift is a bound of max |weight - exact result| in absolute terms. ``drift_budget_ulps(key)`` is auto's budget
     in ulps of the key's dtype at its largest magnitude; ``delta_drift_ulps(key, state, old, new, terms)``
     predicts the drift after a delta step (or a relabel, without terms) from ``state``. auto takes such a step
-    only if the predicted drift stays within the budget, and not in the key's re-base turn (``change_number``:
-    the manager's count of reconciles that wrote something; see the module's docstring).
+    only if the predicted drift stays within the budget, and not in the key's re-base turn: ``delta_steps(...)``
+    says how many such steps in a row the budget allows from the exact value, ``change_number`` is the manager's
+    count of reconciles that wrote something (see the module's docstring).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -99,12 +106,8 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
             return delta_drift_ulps(key, state, old, new, terms) <= drift_budget_ulps(key)
 
         def rebase_turn(key=key, state=state, old=old, new=new, terms=terms) -> bool:
-            # Steps the budget allows from a fresh exact value, estimated by this step's drift from one: the first
-            # step also carries the exact value's own rounding, so the estimate errs towards re-basing early.
-            fresh = KeyState(old, magnitude=state.magnitude if state else 0.0)
-            first = delta_drift_ulps(key, fresh, old, new, terms)
-            cycle = int(drift_budget_ulps(key) // first) + 1 if first > 0 else 0
-            return cycle > 1 and zlib.crc32(key.encode()) % cycle == change_number % cycle
+            cycle = delta_steps(key, state, old, new, terms) + 1 if delta_steps is not None else 0
+            return 1 < cycle <= MAX_TURN_CYCLE and zlib.crc32(key.encode()) % cycle == change_number % cycle
         path = _choose(mode, new, terms, linear, backed, at_clean, within_budget, rebase_turn, can_backup, key,
                        cost)
         unwind = path == "exact" and not backed and not at_clean
