@@ -16,9 +16,9 @@ fp32 UNet on CPU) and sdxl (full SDXL, UNet and CLIP-L + CLIP-G in fp16 as on GP
 random weights of the real shapes, built once with ComfyUI's own classes by build.py (sdxl: 7.9 GB on disk, 10 GB
 of memory and about 5 minutes of CPU to build), kept under /tmp/lora_state_bench_<size> (or --assets-root).
 
-Per size, one server; per mode: POST /free (fresh models), a prompt without LoRAs per side (loads its checkpoint,
-untimed), the first application (whole prompt) timed for both,
-one untimed change each, then --rounds rounds, each: change one LoRA's model strength (1.0 <-> 0.5) and time the
+Per size, one server; per mode: the first application (whole prompt) of each side, twice, once in each order,
+each time on fresh models (POST /free) whose checkpoints an untimed prompt without LoRAs has loaded (the mean is
+reported: the side applying second pays page faults the first did not), then one untimed change each, then --rounds rounds, each: change one LoRA's model strength (1.0 <-> 0.5) and time the
 prompt, then change only the seed and time it, for native and ours in turn (the order alternates). Native prompts
 load the checkpoint, ours load the same file under a second name (`<name>_ours.safetensors`, a hard link), so
 that the native chain's patching and LoRA State's in-place writes never share one cached model.
