@@ -294,8 +294,7 @@ def test_auto_rebases_keys_in_turns_not_all_at_once(tmp_path, dtype):
     """Keys written together must not all exhaust their drift budget at the same change and re-base together
     (a periodic full re-patch): each re-bases in its own turn, so every change does about the same work."""
     from safetensors.torch import save_file
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(dtype)
+    module = forty_linears(dtype)
     paths = []
     for seed in range(2):
         generator = torch.Generator().manual_seed(seed)
@@ -316,14 +315,14 @@ def test_auto_rebases_keys_in_turns_not_all_at_once(tmp_path, dtype):
         rebased.append(report.paths.get("exact", 0))
     # fp16/bf16: one delta step per re-base, so about half of the keys re-base at each change, never all or none.
     assert all(8 <= count <= 32 for count in rebased), rebased
-    expected = {key: value for key, value in module.state_dict().items()}
-    exact = LoraStateManager(make_like(module), mode="exact")
+    expected = module.state_dict()
+    exact = LoraStateManager(forty_linears(dtype), mode="exact")
     exact.reconcile([(paths[0], 1.0), (paths[1], strength)])
     for key, value in exact.host.module.state_dict().items():
         assert ulp_distance(expected[key], value) <= manager.ledger.keys[key].drift_ulps if key in \
             manager.ledger.keys else torch.equal(expected[key], value)
 
 
-def make_like(module):
+def forty_linears(dtype):
     torch.manual_seed(0)
-    return torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(next(module.parameters()).dtype)
+    return torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(dtype)
