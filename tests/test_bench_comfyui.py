@@ -36,7 +36,8 @@ def fake_data(separate=False):
             "memory_after": {"VmHWM": 3 << 30, "VmRSS": 2 << 30}}
     memory = {"native": {"VmHWM": 2 << 30}, "ours": {"VmHWM": 2 << 30}} if separate else {"VmHWM": 3 << 30}
     size = {"size": "sd15", "description": "d", "checkpoint": "c", "loras": ["a", "b"], "changed": "b",
-            "server_args": [], "separate": separate, "modes": [mode], "memory_alternating": memory,
+            "server_args": [], "device": {"name": "cuda:0 Some GPU", "type": "cuda"}, "separate": separate,
+            "modes": [mode], "memory_alternating": memory,
             "memory_alone": {"native": {"VmHWM": 2 << 30, "VmRSS": 1 << 30, "idle_VmRSS": 1 << 29},
                              "ours_auto": {"VmHWM": 1 << 30, "VmRSS": 1 << 30, "idle_VmRSS": 1 << 29}}}
     machine = {"cpu": "cpu", "cores": 2, "memory_bytes": 24 << 30, "comfyui": "0.3.64", "server_torch": "2",
@@ -49,7 +50,7 @@ def test_report_and_plot(tmp_path, separate):
     pytest.importorskip("matplotlib")
     text = report.format_report(fake_data(separate))
     for part in ("first application", "switch overhead", "reconcile", "unchanged re-run", "ratio native/ours",
-                 "8.0x", "VmHWM", "ours_auto: peak 0.50x native's", "machine: cpu"):
+                 "8.0x", "VmHWM", "ours_auto: peak 0.50x native's", "machine: cpu", "models on cuda:0 Some GPU"):
         assert part in text, part
     path = report.plot(fake_data(separate), str(tmp_path / "switch.png"))
     assert (tmp_path / "switch.png").stat().st_size > 1000 and path.endswith("switch.png")

@@ -68,7 +68,8 @@ def machine_text(machine: dict) -> str:
 def format_report(data: dict) -> str:
     parts = []
     for size in data["sizes"]:
-        parts.append(f"== {size['size']}: {size['description']}")
+        device = (size.get("device") or {}).get("name")
+        parts.append(f"== {size['size']}: {size['description']}" + (f"; models on {device}" if device else ""))
         for result in size["modes"]:
             parts.append(format_mode(size, result))
         memory = size.get("memory_alternating") or {}
@@ -119,8 +120,10 @@ def plot(data: dict, path: str) -> str:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     machine = data["machine"]
+    devices = {(size.get("device") or {}).get("name") for size in data["sizes"]} - {None}
+    where = ", ".join(sorted(devices)) if devices and "cpu" not in devices else machine.get("cpu")
     fig.suptitle(f"One LoRA strength change in a 5-LoRA stack, real ComfyUI {machine.get('comfyui')}: every change "
-                 f"(dashed: median); {machine.get('cpu')}", fontsize=9)
+                 f"(dashed: median); {where}", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

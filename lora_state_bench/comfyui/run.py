@@ -136,6 +136,12 @@ def run_mode(bench: Bench, mode: str, rounds: int, log, kinds=("native", "ours")
     return raw
 
 
+def server_device(server: ComfyServer) -> dict:
+    """The device ComfyUI runs the models on, as its /system_stats reports it (name, type, VRAM)."""
+    devices = server.get("/system_stats").get("devices") or [{}]
+    return {key: devices[0].get(key) for key in ("name", "type", "vram_total")}
+
+
 def _range(values):
     return [min(values), max(values)] if values else None
 
@@ -189,7 +195,9 @@ def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log, sep
         with _server(assets, threads) as server:
             bench = Bench(server, assets)
             bench.timer_calls()
-            log(f"{size}: server up in {server.boot_seconds:.1f} s ({' '.join(assets['server_args']) or 'default'})")
+            device = server_device(server)
+            log(f"{size}: server up in {server.boot_seconds:.1f} s on {device['name']} "
+                f"({' '.join(assets['server_args']) or 'default'})")
             for mode in modes:
                 raw = run_mode(bench, mode, rounds, log)
                 results.append({"mode": mode, "rounds": rounds, "raw": raw, "summary": summarize(raw),
@@ -198,7 +206,8 @@ def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log, sep
     else:
         memory = {}
         with _server(assets, threads) as server:
-            log(f"{size}: native server up in {server.boot_seconds:.1f} s")
+            device = server_device(server)
+            log(f"{size}: native server up in {server.boot_seconds:.1f} s on {device['name']}")
             native = run_mode(Bench(server, assets), "native", rounds, log, kinds=("native",))["native"]
             memory["native"] = process_memory(server.proc.pid)
         with _server(assets, threads) as server:
@@ -212,7 +221,7 @@ def run_size(size: str, assets: dict, modes, rounds: int, threads: int, log, sep
             memory["ours"] = process_memory(server.proc.pid)
     return {"size": size, "description": assets["description"], "checkpoint": assets["checkpoint"],
             "loras": assets["loras"], "changed": assets["loras"][CHANGED], "server_args": assets["server_args"],
-            "separate": separate, "modes": results, "memory_alternating": memory,
+            "device": device, "separate": separate, "modes": results, "memory_alternating": memory,
             "seconds": time.perf_counter() - started}
 
 

@@ -5,13 +5,15 @@ Importable without ComfyUI: it uses the standard library only (torch and safeten
 
     COMFYUI_PATH    a ComfyUI checkout (the folder holding main.py); tests are skipped when unset
     COMFYUI_PYTHON  the Python that runs it (defaults to the interpreter running the tests)
+    COMFYUI_ARGS    the device arguments of every server (default ``--cpu``; e.g. empty for ComfyUI's default GPU
+                    setup, or ``--fast dynamic_vram`` for Dynamic VRAM on 0.14)
 
 See tests/integration/SETUP_COMFYUI.md for how to get both.
 
 Pieces:
     comfy_paths()           -> (COMFYUI_PATH, COMFYUI_PYTHON) or None
     build_assets(dest_dir)  -> random-weight checkpoints + LoRA files (runs build_assets.py under ComfyUI's Python)
-    ComfyServer(assets_dir) -> context manager around ``python main.py --cpu`` on a free loopback port
+    ComfyServer(assets_dir) -> context manager around ``python main.py $COMFYUI_ARGS`` on a free loopback port
     read_latent(server, history_entry, node_id) -> the SaveLatent tensor, bit-exact
     native_prompt(...)      -> an API-format prompt (see the node ids below)
     attach_model_clip_node(prompt, ...) -> put a MODEL/CLIP node between the LoRA chain and its consumers
@@ -25,6 +27,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -87,6 +90,11 @@ def comfy_paths():
         return None
     python = os.environ.get("COMFYUI_PYTHON", "").strip() or sys.executable
     return os.path.abspath(path), python
+
+
+def device_args() -> list[str]:
+    """The servers' device arguments: $COMFYUI_ARGS, or ``--cpu`` when it is unset."""
+    return shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu"))
 
 
 def _require_paths():
@@ -166,7 +174,8 @@ class PromptError(RuntimeError):
 
 
 class ComfyServer:
-    """A real ComfyUI server on 127.0.0.1:<free port>, CPU only, in its own temp folder.
+    """A real ComfyUI server on 127.0.0.1:<free port>, in its own temp folder, on the device $COMFYUI_ARGS names
+    (the CPU unless set).
 
     - models: checkpoints/loras from ``assets_dir`` (via --extra-model-paths-config)
     - custom nodes: a temp folder holding the symlink ``lora_state_pack`` -> the repo root (``load_pack=False``
@@ -233,7 +242,7 @@ class ComfyServer:
         cmd = [
             self.python,
             "main.py",
-            "--cpu",
+        ] + device_args() + [
             "--listen",
             "127.0.0.1",
             "--port",
