@@ -205,6 +205,16 @@ def assert_back_within_drift(module, manager, before, ledger_before, exact_old):
     assert undone, "no key was undone by an opposite step: the test no longer covers it"
 
 
+def test_row_blocks_are_cache_sized_on_cpu_and_whole_keys_on_a_gpu():
+    """Per-block kernel launches would dominate on a GPU: there a key is one block."""
+    from lora_state.applier import BLOCK_BYTES, rows_per_block
+
+    assert rows_per_block(torch.device("cpu"), 5120, 1280) == BLOCK_BYTES // (4 * 1280) < 5120
+    assert rows_per_block(torch.device("cpu"), 10, 10 ** 6) == 1
+    assert rows_per_block(torch.device("cuda", 0), 5120, 1280) == 5120
+    assert rows_per_block(torch.device("mps"), 3, 7) == 3
+
+
 @pytest.mark.parametrize("blocks_before_interrupt", [0, 3])
 def test_delta_step_interrupted_inside_a_key_is_undone_row_exactly(loras, monkeypatch, blocks_before_interrupt):
     """An interrupt between row blocks of one key: the blocks written are reversed, the others left alone."""
