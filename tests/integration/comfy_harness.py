@@ -16,6 +16,7 @@ Pieces:
     ComfyServer(assets_dir) -> context manager around ``python main.py $COMFYUI_ARGS`` on a free loopback port
     read_latent(server, history_entry, node_id) -> the SaveLatent tensor, bit-exact
     native_prompt(...)      -> an API-format prompt (see the node ids below)
+    ComfyServer.models_setting() -> "cpu" / "gpu" / "dynamic": what a test may expect of the backends
     attach_model_clip_node(prompt, ...) -> put a MODEL/CLIP node between the LoRA chain and its consumers
 
 Only loopback traffic: the server listens on 127.0.0.1 and the client talks to nothing else.
@@ -335,6 +336,18 @@ class ComfyServer:
         except (OSError, AttributeError):
             return ""
 
+    def models_setting(self) -> str:
+        """How this server holds its models: "dynamic" (Dynamic VRAM: weights are read-only views of the file and
+        ComfyUI applies every LoRA per layer, so LoRA State writes nothing), "gpu" (copied into VRAM at the first
+        load, fp16 inference) or "cpu" (fp32 inference, the weights where the loader put them)."""
+        if getattr(self, "_setting", None) is None:
+            if "DynamicVRAM support detected and enabled" in self.log_text():
+                self._setting = "dynamic"
+            else:
+                devices = self.get("/system_stats").get("devices") or [{}]
+                self._setting = "cpu" if devices[0].get("type") == "cpu" else "gpu"
+        return self._setting
+
     def log_mark(self):
         """A position in the log; pass it to log_since() to read what was logged after it."""
         return len(self.log_text())
@@ -463,6 +476,26 @@ PACK_CAUSED_WARNINGS = (
     "same patch uuid but different length of patches",
     "DeprecationWarning",
 )
+
+
+#: Why drift-tolerant latent comparisons (auto, delta) run only where ComfyUI infers in fp32 (CPU).
+FP16_INFERENCE = ("in fp16 inference (a GPU) the random-weight test model amplifies a 1-ulp weight difference into "
+                  "latent differences of a few percent, so there the weights are compared instead (verify route)")
+#: Why the file-backed-weights tests need the CPU or Dynamic VRAM.
+COPIED_TO_VRAM = ("on a GPU without Dynamic VRAM, ComfyUI copies the weights into VRAM at the first load: from then "
+                  "on they are not file-backed, and LoRA State writes them in place like any other")
+
+
+def patches_reason(server, usual: str) -> str:
+    """The reason a ledger gives for keys carried as ComfyUI patches: under Dynamic VRAM every key has that one."""
+    return "Dynamic VRAM" if server.models_setting() == "dynamic" else usual
+
+
+def assert_weights_verified(server) -> None:
+    """Every managed model's weights equal clean + stack within the drift it reports (keys with clean copies)."""
+    for model in server.get("/lora_state/ledger")["models"]:
+        status, report = server.post("/lora_state/verify", {"id": model["id"]})
+        assert status == 200 and report["ok"], (model["kind"], report)
 
 
 def pack_log_problems(log_text, allow=()):

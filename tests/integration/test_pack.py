@@ -19,6 +19,7 @@ from comfy_harness import (
     POS_NODE,
     SAMPLER_NODE,
     SAVE_NODE,
+    assert_weights_verified,
     attach_model_clip_node,
     lora_problems,
     native_prompt,
@@ -162,7 +163,8 @@ def test_incremental_one_strength_and_noop(ours):
     change = _ledger(ours)["model"]["last_change"]
     b_keys = before["model"]["keys_by_lora"]
     b_sha = next(s for s in before["model"]["stack"] if s["name"] == B)["sha256"]
-    assert change["reweighted"] == [[B, 1.0, 0.5]] and change["keys_changed"] == b_keys[b_sha]
+    in_place = ours.models_setting() != "dynamic"       # under Dynamic VRAM ComfyUI applies every key itself
+    assert change["reweighted"] == [[B, 1.0, 0.5]] and change["keys_changed"] == (b_keys[b_sha] if in_place else 0)
     assert _ledger(ours)["clip"]["last_change"] == before["clip"]["last_change"]   # clip strengths unchanged
     # Unchanged stack, new seed: the sampler re-runs, no weight is written.
     mark = _ledger(ours)["model"]["last_change"]
@@ -182,7 +184,8 @@ def test_routes(ours):
     latent(ours, ours_prompt([(A, 1.0, 1.0)], mode="exact"))
     models = ours.get("/lora_state/ledger")["models"]
     model = next(m for m in models if m["kind"] == "model")
-    assert model["stack"][0]["name"] == A and model["backup_bytes"] > 0 and model["mode"] == "exact"
+    assert model["stack"][0]["name"] == A and model["mode"] == "exact"
+    assert (model["backup_bytes"] > 0) == (ours.models_setting() != "dynamic")   # clean copies only in place
     status, verify = ours.post("/lora_state/verify", {"id": model["id"]})
     assert status == 200 and verify["ok"] and verify["max_ulps"] == 0
     for bad in ("../../etc/passwd", "/etc/passwd", "..\\x.safetensors", "missing.safetensors", "not_a_lora.ckpt",
@@ -219,10 +222,21 @@ def test_missing_lora_is_rejected_at_queue_time(ours, comfy_server, api):
         server.queue_prompt(ours_prompt([("does_not_exist.safetensors", 1.0, 1.0)]))
 
 
+def assert_close_to_native(server, got, expected):
+    """auto/delta against the native chain: within the drift in fp32 inference; bit-identical under Dynamic VRAM
+    (ComfyUI patches every key); on a GPU the weights themselves (comfy_harness.FP16_INFERENCE)."""
+    setting = server.models_setting()
+    if setting == "cpu":
+        torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    elif setting == "dynamic":
+        assert torch.equal(got, expected)
+    else:
+        assert_weights_verified(server)
+
+
 def test_auto_stays_close_and_cleans_up_exactly(ours, native):
     for stack in ([(A, 1.0, 1.0), (B, 0.5, 0.5)], [(A, 0.3, 1.0), (B, 0.5, 0.5)], [(B, 0.5, 0.5)]):
-        torch.testing.assert_close(latent(ours, ours_prompt(stack, mode="auto")), native(stack),
-                                   rtol=1e-2, atol=1e-2)
+        assert_close_to_native(ours, latent(ours, ours_prompt(stack, mode="auto")), native(stack))
     assert torch.equal(latent(ours, ours_prompt([], reconcile=False)), native([]))   # restored from clean copies
 
 
@@ -231,10 +245,13 @@ def test_delta_mode_keeps_no_backups_and_drifts_boundedly(ours, native):
     ckpt = "tiny_b.safetensors"
     for stack in ([(A, 1.0, 1.0), (B, 0.5, 0.5)], [(A, 0.3, 1.0), (B, 0.5, 0.5)], [(B, 0.5, 0.5)], []):
         got = latent(ours, ours_prompt(stack, mode="delta", ckpt=ckpt))
-        torch.testing.assert_close(got, native(stack, ckpt), rtol=1e-2, atol=1e-2)
+        assert_close_to_native(ours, got, native(stack, ckpt))
+        if stack:
+            assert not torch.equal(got, native([], ckpt)), "the LoRA was not applied"
     delta_models = [m for m in ours.get("/lora_state/ledger")["models"] if m["mode"] == "delta"]
     assert delta_models and all(m["backup_bytes"] == 0 for m in delta_models)
-    assert all(m["max_drift_ulps"] > 0 for m in delta_models)
+    if ours.models_setting() != "dynamic":      # (ComfyUI's patches drift nothing)
+        assert all(m["max_drift_ulps"] > 0 for m in delta_models)
 
 
 def test_interrupt_during_reconcile_rolls_back(comfy_server, native):
