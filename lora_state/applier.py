@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
-from .drift import step_bounds, ulp_of
+from .drift import change_magnitude, exact_error, rounding, step_bounds, terms_error, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 from .scratch import kept_buffers, work_buffer
@@ -93,13 +93,15 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 written = Written(key_plan, undo, took_backup, reversible, before=before)
                 done.append(written)   # before the write: a half-written key is undone too
                 try:
-                    write_key(host, key_plan, live, backups, patch_of)
+                    rebased = write_key(host, key_plan, live, backups, patch_of)
                 except BaseException as exc:
                     written.rows = getattr(exc, "lora_state_rows_written", 0)
                     raise
                 written.rows = None
                 if key_plan.path == "delta":
                     stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
+                elif rebased is not None:
+                    stats.drift[key_plan.key] = rebased
                 else:
                     backup_drift = backups.drift(key_plan.key)
                     if backup_drift and key_plan.path == "exact":
@@ -171,17 +173,54 @@ def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None) -> tuple
     return (backup_drift, ulp_at_max(tensor), None, 0.0) if backup_drift else (0.0, 0.0, None, 0.0)
 
 
-def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore, patch_of: PatchOf) -> None:
+def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore,
+              patch_of: PatchOf) -> tuple | None:
+    """Write one key's planned step. Returns its (drift, ulp, error, magnitude) where an auto re-base took the
+    host's faster order (the caller derives the others)."""
     key = key_plan.key
     if key_plan.path == "restore":
         live.copy_(backups.get(key, live.device))
     elif key_plan.path == "exact":
         contributions = [(patch_of(c.sha256, key), c.strength) for c in key_plan.new]
-        write_exact(host, key, live, backups.get(key, live.device), contributions)
+        clean = backups.get(key, live.device)
+        rebased = _rebase(host, key_plan, live, clean, contributions, backups) if key_plan.rebase_budget_ulps \
+            else None
+        if rebased is not None:
+            return rebased
+        write_exact(host, key, live, clean, contributions)
     elif key_plan.path == "delta":
         _write_combined(host, key, live, live, _delta_contributions(key_plan, patch_of), delta_step=True)
     else:
         raise ValueError(f"unknown path {key_plan.path!r} for {key}")
+    return None
+
+
+def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tensor, contributions,
+            backups: BackupStore) -> tuple | None:
+    """auto's re-base in the host's faster order (Host.rebase_updates), from a true clean copy: returns the key's
+    (drift, ulp, error, magnitude), or None where the host has no faster order. If the bound of that order is over
+    the key's budget (LoRAs far larger than the weight), the key is written again in the exact order."""
+    key = key_plan.key
+    if backups.drift(key) != 0.0 or not (live.dim() and live.is_contiguous() and clean.is_contiguous()):
+        return None
+    updates = host.rebase_updates(key, live, contributions)
+    if updates is None:
+        return None
+    _write_by_rows(host, key, live, clean, updates)
+    magnitude = max_magnitude(live)
+    work = host.work_dtype()
+    own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
+    exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
+    change = change_magnitude(own)
+    # The additions round at the largest partial sum, bounded by the clean weight's magnitude plus the LoRAs'.
+    partial = max(magnitude, (backups.magnitude(key) or magnitude) + change) if change is not None else 2.0 * magnitude
+    error = terms_error(own, partial, work) + rounding(live.dtype, work, magnitude)
+    drift = error + exact_error(live.dtype, work, exact_terms, partial)
+    unit = ulp_of(magnitude, live.dtype)
+    if not unit or drift > key_plan.rebase_budget_ulps * unit:
+        write_exact(host, key, live, clean, contributions)
+        return None
+    return (drift, unit, error, magnitude)
 
 
 def write_exact(host: Host, key: str, live: torch.Tensor, clean: torch.Tensor, contributions) -> None:

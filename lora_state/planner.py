@@ -7,6 +7,10 @@ Paths a key can take:
 - ``delta``    add sum((new - old) strength * delta) of the changed linear contributors to the current weight;
 - ``relabel``  only the order of linear contributors changed: the sum is the same, no weight work.
 
+An auto re-base may add the contributors in an order faster than the host's own patcher's (Host.rebase_updates:
+inside ComfyUI, one fused pass per LoRA instead of native's product, scale and add), not bit-identical to it but
+within the key's budget; exact mode always writes the patcher's bits.
+
 auto re-bases a key (exact, from its clean copy) when a delta step would take it past the drift budget, and also
 in its own turn: a key whose budget allows n delta steps in a row re-bases on every (n+1)-th change, at a phase
 fixed by its name. Keys written together (a first application, a LoRA changed on every key) would otherwise all
@@ -45,6 +49,8 @@ class KeyPlan:
     needs_backup: bool = False                         # a clean copy must be taken before the first write
     unwind: bool = False                               # no clean copy: recover it by subtracting old (delta)
     reproducible: bool = False                         # old bits == exact(old): rollback can recompute them
+    rebase_budget_ulps: float = 0.0                    # auto's exact write: may use the host's faster order
+                                                       # (Host.rebase_updates) if it stays within this budget
 
 
 @dataclass
@@ -120,7 +126,9 @@ def make_plan(current: dict[str, KeyState], requested: dict[str, tuple[Contribut
             base_drift=drift if path in ("delta", "relabel") or unwind else (base_drift or 0.0),
             base_error=state.error if state else None, base_magnitude=state.magnitude if state else 0.0,
             adds_drift=adds_drift, needs_backup=path == "exact" and not backed, unwind=unwind,
-            reproducible=drift == 0.0 and (backed or (path == "exact" and at_clean))))
+            reproducible=drift == 0.0 and (backed or (path == "exact" and at_clean)),
+            rebase_budget_ulps=drift_budget_ulps(key) if mode == "auto" and path == "exact" and linear and not unwind
+            else 0.0))
     return plan
 
 

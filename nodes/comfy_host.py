@@ -139,6 +139,30 @@ class _ProductRows:
         block.add_(scaled if block.dtype == torch.float32 else scaled.to(block.dtype))
 
 
+class _FactorRows:
+    """update(block, first, last): rows [first, last) of alpha * (up @ down) added in one fused addmm_ per block (an
+    auto re-base: one pass over the block per LoRA, no full-size product; not calculate_weight's order)."""
+
+    __slots__ = ("up", "down", "alpha")
+
+    def __init__(self, up, down, alpha, device):
+        self.up = up.flatten(1).to(device=device, dtype=torch.float32)
+        self.down = down.flatten(1).to(device=device, dtype=torch.float32)
+        self.alpha = alpha
+
+    def __call__(self, block, first, last):
+        block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
+
+
+def _exact_fp32_matmul(device: torch.device) -> bool:
+    """Whether fp32 products on `device` are full fp32 (not TF32), as rebase_bound assumes."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+    return False
+
+
 class ComfyModelHost(Host):
     """Weights of one ComfyUI torch module: a BaseModel (UNet, model strength) or a text encoder (clip strength).
 
@@ -312,6 +336,32 @@ class ComfyModelHost(Host):
             updates.extend(_ProductRows(up, down, strength * scale, device, len(updates) + i, not delta_step)
                            for i, (up, down, scale) in enumerate(factors))
         return updates
+
+    def rebase_updates(self, key, weight, contributions):
+        # auto's re-bases of fp16/bf16 weights, patched in fp32: each LoRA's rows in one addmm_ per block, about
+        # 2.5x faster than native's product, scale and add (whose bits only exact mode needs). fp32 weights keep
+        # the exact order: their budget is in fp32 ulps, which this order's product roundings would use up.
+        device = self.compute_device or weight.device
+        if weight.dtype not in (torch.float16, torch.bfloat16) or self.compute_dtype() != torch.float32 or \
+                weight.device != device or not weight.dim() or not _exact_fp32_matmul(device):
+            return None
+        rows, cols = weight.shape[0], weight[0].numel()
+        updates = []
+        for patch, strength in contributions:
+            factors = patch.lora_factors()
+            if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
+                return None
+            updates.extend(_FactorRows(up, down, strength * scale, device) for up, down, scale in factors)
+        return updates
+
+    def rebase_bound(self, patch):
+        # The fused products differ from calculate_weight's torch.mm products (which change_bound treats as shared
+        # with the exact result, rank 0) by at most both products' roundings: twice the rank.
+        bound = patch.change_bound()
+        factors = patch.lora_factors()
+        if bound is None or factors is None:
+            return None
+        return (bound[0], 2 * max((int(down.shape[0]) for _, down, _ in factors), default=0))
 
     def work_dtype(self):
         return self.compute_dtype()

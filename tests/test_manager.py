@@ -5,6 +5,7 @@ import torch
 from lora_factory import make_module, write_all
 from lora_state import (ExternalChangeError, LoraStateError, LoraStateManager, StackError, ulp_distance)
 from lora_state.files import LoraFileCache
+from lora_state.hosts import TorchModuleHost
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,46 @@ def assert_back_within_drift(module, manager, before, ledger_before, exact_old):
         assert state.drift >= ledger_before[key][1]
         undone += not torch.equal(after[key], before[key]) or state.drift > ledger_before[key][1]
     assert undone, "no key was undone by an opposite step: the test no longer covers it"
+
+
+class OtherOrderHost(TorchModuleHost):
+    """A host whose auto re-bases of fp16/bf16 keys add the LoRAs in reverse order: another order than its exact
+    path, as ComfyUI's host re-bases by fused row passes instead of calculate_weight's order."""
+
+    def rebase_updates(self, key, weight, contributions):
+        if weight.dtype not in (torch.float16, torch.bfloat16):
+            return None
+        return self.row_updates(key, weight, list(contributions)[::-1], False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_rebases_in_the_hosts_faster_order_within_the_drift_it_reports(loras, dtype):
+    module = make_module(dtype)
+    manager = LoraStateManager(OtherOrderHost(module), mode="auto")
+    a, b = loras["lora"][0], loras["peft"][0]
+    for step, strengths in enumerate(((1.0, 0.7), (0.5, 0.7), (0.5, -0.3), (1.2, -0.3), (0.4, 0.9), (0.4, 0.9))):
+        manager.reconcile([(a, strengths[0]), (b, strengths[1])])
+        if step == 0:    # the first application is a re-base from clean: in the other order, with its bound
+            assert all(state.drift > 0.0 for state in manager.ledger.keys.values())
+        report = manager.verify()
+        checked = [k for k in report.keys if k.max_ulps is not None]
+        assert checked and report.ok
+        for key in checked:
+            assert key.max_ulps <= key.drift_bound_ulps <= manager.budget_ulps(dtype), key
+    manager.reconcile([])
+    assert same(snapshot(module), make_module(dtype).state_dict())    # restored from the clean copies
+
+
+def test_auto_rebase_falls_back_to_the_exact_order_over_its_budget_and_exact_mode_never_uses_it(loras):
+    a, b = loras["lora"][0], loras["peft"][0]
+    for mode, budget in (("auto", 0.5), ("exact", None)):
+        module = make_module(torch.float16)
+        manager = LoraStateManager(OtherOrderHost(module), mode=mode, drift_budget_ulps=budget)
+        for strengths in ((1.0, 0.7), (0.5, 0.7), (0.5, -0.3)):
+            stack = [(a, strengths[0]), (b, strengths[1])]
+            manager.reconcile(stack)
+            assert same(snapshot(module), fresh_exact(stack, torch.float16))
+            assert all(state.drift == 0.0 for state in manager.ledger.keys.values())
 
 
 def test_row_blocks_are_cache_sized_on_cpu_and_whole_keys_on_a_gpu():
