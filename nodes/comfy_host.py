@@ -140,8 +140,9 @@ class _ProductRows:
 
 
 class _FactorRows:
-    """update(block, first, last): rows [first, last) of alpha * (up @ down) added in one fused addmm_ per block (an
-    auto re-base: one pass over the block per LoRA, no full-size product; not calculate_weight's order)."""
+    """update(block, first, last): rows [first, last) of alpha * (up @ down) added in one fused addmm_ per block
+    (fp16/bf16 delta steps and auto's re-bases, see ComfyModelHost._fused_rows: one pass over the block per LoRA,
+    no full-size product; not calculate_weight's order)."""
 
     __slots__ = ("up", "down", "alpha")
 
