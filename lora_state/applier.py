@@ -209,12 +209,13 @@ def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tens
     _write_by_rows(host, key, live, clean, updates)
     magnitude = max_magnitude(live)
     work = host.work_dtype()
-    terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
-    change = change_magnitude(terms)
+    own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
+    exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
+    change = change_magnitude(own)
     # The additions round at the largest partial sum, bounded by the clean weight's magnitude plus the LoRAs'.
     partial = max(magnitude, (backups.magnitude(key) or magnitude) + change) if change is not None else 2.0 * magnitude
-    error = terms_error(terms, partial, work) + rounding(live.dtype, work, magnitude)
-    drift = error + exact_error(live.dtype, work, terms, partial)
+    error = terms_error(own, partial, work) + rounding(live.dtype, work, magnitude)
+    drift = error + exact_error(live.dtype, work, exact_terms, partial)
     unit = ulp_of(magnitude, live.dtype)
     if not unit or drift > key_plan.rebase_budget_ulps * unit:
         write_exact(host, key, live, clean, contributions)

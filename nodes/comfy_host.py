@@ -141,8 +141,8 @@ class _ProductRows:
 
 class _FactorRows:
     """update(block, first, last): rows [first, last) of alpha * (up @ down) added in one fused addmm_ per block
-    (fp16/bf16 delta steps and auto's re-bases, see ComfyModelHost._fused_rows: one pass over the block per LoRA,
-    no full-size product; not calculate_weight's order)."""
+    (auto's re-bases of fp16/bf16 keys, see ComfyModelHost.rebase_updates: one pass over the block per LoRA, no
+    full-size product; not calculate_weight's order)."""
 
     __slots__ = ("up", "down", "alpha")
 
@@ -156,7 +156,7 @@ class _FactorRows:
 
 
 def _exact_fp32_matmul(device: torch.device) -> bool:
-    """Whether fp32 products on `device` are full fp32 (not TF32), as change_bound assumes for fused rows."""
+    """Whether fp32 products on `device` are full fp32 (not TF32), as rebase_bound assumes."""
     if device.type == "cpu":
         return True
     if device.type == "cuda":
@@ -302,8 +302,7 @@ class ComfyModelHost(Host):
     def add_terms(self, key, weight, terms):
         # A delta step adds each plain LoRA's product computed exactly as ComfyUI's calculate_weight computes it
         # (torch.mm of the fp32 factors on the same device), so the exact result and the delta steps share that
-        # product and its rounding (change_bound: rank 0 where rows are not fused); one add_ instead of
-        # calculate_weight's scaled temporary.
+        # product and its rounding (change_bound: rank 0); one add_ instead of calculate_weight's scaled temporary.
         # Anything else goes through calculate_weight itself.
         weight = weight.to(device=self.compute_device or weight.device, dtype=self.compute_dtype())
         rest = []
@@ -329,8 +328,6 @@ class ComfyModelHost(Host):
         device = self.compute_device or weight.device
         if weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
             return None
-        if delta_step and self._fused_rows(weight):
-            return self._factor_rows(weight, contributions)
         rows, cols = weight.shape[0], weight[0].numel()
         updates = []
         for patch, strength in contributions:
@@ -341,35 +338,30 @@ class ComfyModelHost(Host):
                            for i, (up, down, scale) in enumerate(factors))
         return updates
 
-    def _fused_rows(self, weight) -> bool:
-        """fp16/bf16 weights patched in fp32: delta steps and auto's re-bases add each LoRA's rows in one fused
-        addmm_ per block (one pass, no full-size product) instead of calculate_weight's product, scale and add, whose
-        bits only exact mode needs. fp32 weights keep calculate_weight's product: their budget is in fp32 ulps,
-        which the fused products' roundings would use up."""
+    def rebase_updates(self, key, weight, contributions):
+        # auto's re-bases of fp16/bf16 weights, patched in fp32: each LoRA's rows in one addmm_ per block, about
+        # 2.5x faster than native's product, scale and add (whose bits only exact mode needs). fp32 weights keep
+        # the exact order: their budget is in fp32 ulps, which this order's product roundings would use up.
         device = self.compute_device or weight.device
-        return weight.dtype in (torch.float16, torch.bfloat16) and self.compute_dtype() == torch.float32 and \
-            weight.device == device and bool(weight.dim()) and _exact_fp32_matmul(device)
-
-    def _factor_rows(self, weight, contributions):
+        if weight.dtype not in (torch.float16, torch.bfloat16) or self.compute_dtype() != torch.float32 or \
+                weight.device != device or not weight.dim() or not _exact_fp32_matmul(device):
+            return None
         rows, cols = weight.shape[0], weight[0].numel()
         updates = []
         for patch, strength in contributions:
             factors = patch.lora_factors()
             if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
                 return None
-            updates.extend(_FactorRows(up, down, strength * scale, weight.device) for up, down, scale in factors)
+            updates.extend(_FactorRows(up, down, strength * scale, device) for up, down, scale in factors)
         return updates
 
-    def rebase_updates(self, key, weight, contributions):
-        return self._factor_rows(weight, contributions) if self._fused_rows(weight) else None
-
-    def change_bound(self, patch):
-        # Where the rows are fused (_fused_rows), a step's products differ from calculate_weight's torch.mm products
-        # (otherwise shared with the exact result: rank 0) by at most both products' roundings: twice the rank.
+    def rebase_bound(self, patch):
+        # The fused products differ from calculate_weight's torch.mm products (which change_bound treats as shared
+        # with the exact result, rank 0) by at most both products' roundings: twice the rank.
         bound = patch.change_bound()
         factors = patch.lora_factors()
-        if bound is None or factors is None or not self._fused_rows(self.parameter(patch.key)):
-            return bound
+        if bound is None or factors is None:
+            return None
         return (bound[0], 2 * max((int(down.shape[0]) for _, down, _ in factors), default=0))
 
     def work_dtype(self):

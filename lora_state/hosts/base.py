@@ -87,8 +87,13 @@ class Host:
     def rebase_updates(self, key: str, weight: torch.Tensor, contributions):
         """Row updates (as row_updates) for an auto re-base that may add the contributions in another order than
         the host's own patcher, where that is faster; None where the exact path is already as fast (here: it is
-        the same order). change_bound must bound their arithmetic too."""
+        the same order). Their arithmetic is bounded by rebase_bound."""
         return None
+
+    def rebase_bound(self, patch) -> tuple[float, int] | None:
+        """change_bound for the rebase_updates order: (limit, rank of the products whose rounding may differ from
+        the exact path's)."""
+        return self.change_bound(patch)
 
     def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
         """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
