@@ -155,6 +155,19 @@ class _FactorRows:
         block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
 
 
+def _lora_rows(weight, contributions, make):
+    """[make(up, down, alpha, slot)] for every LoRA factor pair of `contributions` (slot: a distinct number per
+    pair), or None where a contribution is not a plain LoRA on the weight's rows."""
+    rows, cols = weight.shape[0], weight[0].numel()
+    updates = []
+    for patch, strength in contributions:
+        factors = patch.lora_factors()
+        if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
+            return None
+        updates.extend(make(up, down, strength * scale, len(updates) + i) for i, (up, down, scale) in enumerate(factors))
+    return updates
+
+
 def _exact_fp32_matmul(device: torch.device) -> bool:
     """Whether fp32 products on `device` are full fp32 (not TF32), as rebase_bound assumes."""
     if device.type == "cpu":
@@ -328,15 +341,8 @@ class ComfyModelHost(Host):
         device = self.compute_device or weight.device
         if weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
             return None
-        rows, cols = weight.shape[0], weight[0].numel()
-        updates = []
-        for patch, strength in contributions:
-            factors = patch.lora_factors()
-            if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
-                return None
-            updates.extend(_ProductRows(up, down, strength * scale, device, len(updates) + i, not delta_step)
-                           for i, (up, down, scale) in enumerate(factors))
-        return updates
+        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _ProductRows(
+            up, down, alpha, device, slot, not delta_step))
 
     def rebase_updates(self, key, weight, contributions):
         # auto's re-bases of fp16/bf16 weights, patched in fp32: each LoRA's rows in one addmm_ per block, about
@@ -346,14 +352,7 @@ class ComfyModelHost(Host):
         if weight.dtype not in (torch.float16, torch.bfloat16) or self.compute_dtype() != torch.float32 or \
                 weight.device != device or not weight.dim() or not _exact_fp32_matmul(device):
             return None
-        rows, cols = weight.shape[0], weight[0].numel()
-        updates = []
-        for patch, strength in contributions:
-            factors = patch.lora_factors()
-            if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
-                return None
-            updates.extend(_FactorRows(up, down, strength * scale, device) for up, down, scale in factors)
-        return updates
+        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _FactorRows(up, down, alpha, device))
 
     def rebase_bound(self, patch):
         # The fused products differ from calculate_weight's torch.mm products (which change_bound treats as shared
