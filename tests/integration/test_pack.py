@@ -19,6 +19,7 @@ from comfy_harness import (
     POS_NODE,
     SAMPLER_NODE,
     SAVE_NODE,
+    PromptError,
     assert_weights_verified,
     attach_model_clip_node,
     lora_problems,
@@ -285,6 +286,8 @@ def test_interrupt_during_reconcile_rolls_back(comfy_server, native):
         # Whatever happened, the next prompts see exactly their own weights.
         assert torch.equal(latent(server, ours_prompt([], reconcile=False)), native([]))
     assert torch.equal(latent(server, ours_prompt(many, mode="exact")), native(many))
+    if server.models_setting() == "dynamic":
+        return     # under Dynamic VRAM a reconcile writes nothing (ComfyUI patches): there is nothing to roll back
     assert rolled_back >= 1, "no interrupt landed inside a reconcile; the delays need tuning for this machine"
 
 
@@ -369,6 +372,11 @@ def test_clip_hook_lora_on_top_of_ours(ours, reference, native):
         return prompt
 
     stack = [(A, 1.0, 1.0)]
+    if ours.models_setting() == "dynamic":
+        # ComfyUI's own limitation, shown on the server without the pack: hooks fail under Dynamic VRAM.
+        with pytest.raises(PromptError, match="Hooks not implemented in ModelPatcherDynamic"):
+            latent(reference, hooked(native_prompt("tiny_a.safetensors", loras=stack, prefix=f"ref{next(_counter)}")))
+        pytest.skip("ComfyUI does not run hook LoRAs under Dynamic VRAM (the native prompt fails the same way)")
     for _ in range(2):
         got = latent(ours, hooked(ours_prompt(stack, mode="exact")))
         expected = latent(reference, hooked(native_prompt("tiny_a.safetensors", loras=stack,
