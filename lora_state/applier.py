@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
-from .drift import change_magnitude, exact_error, rounding, step_bounds, terms_error, ulp_of
+from .drift import change_magnitude, rounding, step_bounds, terms_error, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 from .scratch import kept_buffers, work_buffer
@@ -198,8 +198,8 @@ def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: Backup
 def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tensor, contributions,
             backups: BackupStore) -> tuple | None:
     """auto's re-base in the host's faster order (Host.rebase_updates), from a true clean copy: returns the key's
-    (drift, ulp, error, magnitude), or None where the host has no faster order. If the bound of that order is over
-    the key's budget (LoRAs far larger than the weight), the key is written again in the exact order."""
+    (drift, ulp, error, magnitude), or None where the host has no faster order or where the bound of that order is
+    over the key's budget (LoRAs far larger than the weight): the caller then writes it in the exact order."""
     key = key_plan.key
     if backups.drift(key) != 0.0 or not (live.dim() and live.is_contiguous() and clean.is_contiguous()):
         return None
@@ -212,13 +212,14 @@ def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tens
     own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
     exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
     change = change_magnitude(own)
-    # The additions round at the largest partial sum, bounded by the clean weight's magnitude plus the LoRAs'.
+    # The additions round at the largest partial sum, bounded by the clean weight's magnitude plus the LoRAs'; each
+    # result's final rounding at its own value: ours at `magnitude`, the exact result's within both errors of it.
     partial = max(magnitude, (backups.magnitude(key) or magnitude) + change) if change is not None else 2.0 * magnitude
     error = terms_error(own, partial, work) + rounding(live.dtype, work, magnitude)
-    drift = error + exact_error(live.dtype, work, exact_terms, partial)
+    exact_arithmetic = terms_error(exact_terms, partial, work)
+    drift = error + exact_arithmetic + rounding(live.dtype, work, magnitude + error + exact_arithmetic)
     unit = ulp_of(magnitude, live.dtype)
     if not unit or drift > key_plan.rebase_budget_ulps * unit:
-        write_exact(host, key, live, clean, contributions)
         return None
     return (drift, unit, error, magnitude)
 

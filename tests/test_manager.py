@@ -234,16 +234,35 @@ def test_auto_rebases_in_the_hosts_faster_order_within_the_drift_it_reports(lora
     assert same(snapshot(module), make_module(dtype).state_dict())    # restored from the clean copies
 
 
+class CountingHost(OtherOrderHost):
+    """Counts the writes in the exact order: row passes that are neither delta steps nor re-bases in the other
+    order (which OtherOrderHost builds from row passes too)."""
+
+    exact_writes = 0
+
+    def row_updates(self, key, weight, contributions, delta_step):
+        self.exact_writes += not delta_step
+        return super().row_updates(key, weight, contributions, delta_step)
+
+    def rebase_updates(self, key, weight, contributions):
+        updates = super().rebase_updates(key, weight, contributions)
+        self.exact_writes -= updates is not None
+        return updates
+
+
 def test_auto_rebase_falls_back_to_the_exact_order_over_its_budget_and_exact_mode_never_uses_it(loras):
     a, b = loras["lora"][0], loras["peft"][0]
     for mode, budget in (("auto", 0.5), ("exact", None)):
         module = make_module(torch.float16)
-        manager = LoraStateManager(OtherOrderHost(module), mode=mode, drift_budget_ulps=budget)
+        host = CountingHost(module)
+        manager = LoraStateManager(host, mode=mode, drift_budget_ulps=budget)
         for strengths in ((1.0, 0.7), (0.5, 0.7), (0.5, -0.3)):
             stack = [(a, strengths[0]), (b, strengths[1])]
-            manager.reconcile(stack)
+            host.exact_writes = 0
+            report = manager.reconcile(stack)
             assert same(snapshot(module), fresh_exact(stack, torch.float16))
             assert all(state.drift == 0.0 for state in manager.ledger.keys.values())
+            assert host.exact_writes == report.paths["exact"]       # each key written once in the exact order
 
 
 def test_row_blocks_are_cache_sized_on_cpu_and_whole_keys_on_a_gpu():

@@ -13,6 +13,7 @@ applies the 5 LoRAs, then changes one LoRA's strength `rounds` times per mode an
   factors   the LoRA factors moved to the load device once (no host-to-device copy per key)
   both
 Two passes with the variants alternating; then a torch.profiler table and a cProfile table of one exact change.
+PROBE_ARGS: ComfyUI flags to set, as the bench's servers get them (sdxl: "--fp16-unet --fp16-text-enc").
 PROBE_PATHS=1 also prints each reconcile's time and keys per path (exact, delta, ...); PROBE_PROFILE=0 skips the
 profile.
 docs/bench/gpu_probe_h200_sd15.txt has a run on an H200."""
@@ -37,6 +38,8 @@ def load_comfy_model(assets: str):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    for flag in os.environ.get("PROBE_ARGS", "").split():     # e.g. "--fp16-unet" as the bench's sdxl server
+        setattr(comfy.cli_args.args, flag.lstrip("-").replace("-", "_"), True)
     import comfy.model_management
     import comfy.sd
 
