@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 
 GIB = 2 ** 30
 
@@ -122,8 +123,9 @@ def plot(data: dict, path: str) -> str:
     machine = data["machine"]
     devices = {(size.get("device") or {}).get("name") for size in data["sizes"]} - {None}
     where = ", ".join(sorted(devices)) if devices and "cpu" not in devices else machine.get("cpu")
-    fig.suptitle(f"One LoRA strength change in a 5-LoRA stack, real ComfyUI {machine.get('comfyui')}: every change "
-                 f"(dashed: median); {where}", fontsize=9)
+    title = (f"One LoRA strength change in a 5-LoRA stack, real ComfyUI {machine.get('comfyui')}: every change "
+             f"(dashed: median); {where}")
+    fig.suptitle(textwrap.fill(title, 60 * columns), fontsize=9)     # one line per 4.4-inch column's width
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
