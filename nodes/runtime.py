@@ -162,8 +162,11 @@ class Registry:
         manager = managed.manager
         contributions = [(lora, manager.host.strength(entry)) for entry, lora in zip(request.stack,
                                                                                     manager.resolve(request.stack))]
-        later = {key for lora, _ in contributions for key in lora.patches
-                 if key not in as_patches and key not in injected and patcher.patches.get(key)}
+        # From the patcher's patched keys (usually none) rather than every key of every LoRA: this runs on every
+        # model load, also when nothing changed (722 keys x 5 LoRAs at SDXL size took 0.14 ms).
+        later = {key for key, entries in patcher.patches.items()
+                 if entries and key not in as_patches and key not in injected
+                 and any(key in lora.patches for lora, _ in contributions)}
         if later:
             injected |= patches_backend.add_in_front(patcher, contributions, later)   # a new patches_uuid too
             patcher.set_attachments(INJECTED, (request, injected))
