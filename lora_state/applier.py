@@ -140,7 +140,8 @@ def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: P
         before=before, clean_magnitude=backups.magnitude(key), measure_after=lambda: max_magnitude(tensor),
         old_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
         new_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new]),
-        step_terms=_terms(host, key, patch_of, key_plan.delta_terms) if key_plan.path == "delta" else [])
+        step_terms=[(host.step_bound(patch_of(sha, key), tensor), change) for sha, change in key_plan.delta_terms]
+        if key_plan.path == "delta" else [])
     return (drift, ulp_of(magnitude, tensor.dtype), error, magnitude)
 
 
@@ -242,13 +243,14 @@ def exact_value(host: Host, key: str, clean: torch.Tensor, contributions) -> tor
 BLOCK_BYTES = 1 << 18
 
 
-def rows_per_block(device: torch.device, rows: int, cols: int) -> int:
-    """Rows per block: cache-sized on CPU; the whole key elsewhere. A GPU streams a key from memory in one kernel
-    per op, and per-block kernel launches (a dozen per block) cost more than the arithmetic: at SD1.5 size,
-    cache-sized blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's own re-patching."""
+def rows_per_block(device: torch.device, rows: int, cols: int, min_rows: int = 1) -> int:
+    """Rows per block: cache-sized on CPU (at least `min_rows`); the whole key elsewhere. A GPU streams a key from
+    memory in one kernel per op, and per-block kernel launches (a dozen per block) cost more than the arithmetic:
+    at SD1.5 size, cache-sized blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's own
+    re-patching."""
     if device.type != "cpu":
         return max(1, rows)
-    return max(1, BLOCK_BYTES // (4 * cols))
+    return max(1, min_rows, BLOCK_BYTES // (4 * cols))
 
 
 def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, contributions,
@@ -288,7 +290,8 @@ def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor
     # fp32 weight and work, one update from another tensor (an exact write, or a one-term step): the live rows are
     # the work. Otherwise the block is computed aside and copied back in one op.
     in_place = host.identity_rounding(live.dtype) and (source is not target or len(updates) == 1)
-    step = rows_per_block(live.device, rows, cols)
+    min_rows = max((getattr(update, "min_block_rows", 1) for update in updates), default=1)
+    step = rows_per_block(live.device, rows, cols, min_rows)
     scratch = None if in_place else _work_scratch(live, min(step, rows) * cols, host.work_dtype())
     first = 0
     try:

@@ -319,7 +319,7 @@ class LoraStateManager:
                 clean_magnitude=self.backups.magnitude(key),
                 old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
                 new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
-                step_terms=[(bound(self._patch_of(sha, key)), change) for sha, change in terms])
+                step_terms=[(self.host.step_bound(self._patch_of(sha, key), live), change) for sha, change in terms])
 
         def magnitude_before(key: str, state, live) -> float:
             before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)

@@ -271,8 +271,73 @@ def test_row_blocks_are_cache_sized_on_cpu_and_whole_keys_on_a_gpu():
 
     assert rows_per_block(torch.device("cpu"), 5120, 1280) == BLOCK_BYTES // (4 * 1280) < 5120
     assert rows_per_block(torch.device("cpu"), 10, 10 ** 6) == 1
+    assert rows_per_block(torch.device("cpu"), 1280, 5120, 64) == 64 > BLOCK_BYTES // (4 * 5120)
     assert rows_per_block(torch.device("cuda", 0), 5120, 1280) == 5120
     assert rows_per_block(torch.device("mps"), 3, 7) == 3
+
+
+class MinRowsHost(TorchModuleHost):
+    """Row updates that ask for blocks of at least 4 rows (as ComfyUI's fused LoRA rows ask for 64), recording
+    the blocks the applier gives them."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.blocks = []
+
+    def row_updates(self, key, weight, contributions, delta_step):
+        updates = super().row_updates(key, weight, contributions, delta_step)
+        return None if updates is None else [_RecordedRows(update, weight.shape[0], self.blocks) for update in updates]
+
+
+class _RecordedRows:
+    min_block_rows = 4
+
+    def __init__(self, update, rows, blocks):
+        self.update, self.rows, self.blocks = update, rows, blocks
+
+    def __call__(self, block, first, last):
+        self.blocks.append((first, last, self.rows))
+        return self.update(block, first, last)
+
+
+def test_row_updates_get_at_least_the_rows_they_ask_for(loras, monkeypatch):
+    from lora_state import applier
+
+    monkeypatch.setattr(applier, "BLOCK_BYTES", 64)          # cache-sized blocks would be a single row here
+    module = make_module(torch.float16)
+    host = MinRowsHost(module)
+    stack = [(loras["lora"][0], 0.7)]
+    for mode in ("exact", "delta"):
+        LoraStateManager(host, mode=mode).reconcile(stack)
+        assert host.blocks and all(last - first == min(4, rows - first) for first, last, rows in host.blocks)
+        assert same(snapshot(module), fresh_exact(stack, torch.float16))
+        host.blocks.clear()
+        module.load_state_dict(make_module(torch.float16).state_dict())
+
+
+class CoarseStepHost(TorchModuleHost):
+    """Says its delta steps' products round far more than its exact path's (as a host whose delta steps take
+    another order would, see ComfyModelHost.step_bound)."""
+
+    def step_bound(self, patch, weight):
+        bound = self.change_bound(patch)
+        return None if bound is None else (bound[0], 10 ** 6)
+
+
+def test_delta_steps_are_bounded_and_predicted_with_the_hosts_step_bound(loras):
+    a, b = loras["lora"][0], loras["peft"][0]
+    drift, paths = {}, {}
+    for host_type in (TorchModuleHost, CoarseStepHost):
+        module = make_module(torch.float16)
+        delta = LoraStateManager(host_type(module), mode="delta")
+        delta.reconcile([(a, 1.0), (b, 0.7)])
+        delta.reconcile([(a, 0.5), (b, 0.7)])
+        drift[host_type] = {key: state.drift for key, state in delta.ledger.keys.items()}
+        auto = LoraStateManager(host_type(make_module(torch.float16)), mode="auto")
+        auto.reconcile([(a, 1.0), (b, 0.7)])
+        paths[host_type] = auto.reconcile([(a, 0.5), (b, 0.7)]).paths
+    assert all(drift[CoarseStepHost][key] > bound for key, bound in drift[TorchModuleHost].items())
+    assert paths[TorchModuleHost].get("delta") and not paths[CoarseStepHost].get("delta")   # predicted over budget
 
 
 @pytest.mark.parametrize("blocks_before_interrupt", [0, 3])

@@ -74,7 +74,8 @@ class Host:
         """The (patch, strength) pairs as functions update(block, first, last) that add their change to rows
         [first, last) of the weight viewed as (rows, -1) in the work dtype, or None where some patch cannot be
         split by rows (the applier then combines the whole weight at once). Splitting lets the applier convert,
-        add and round a key in one pass, a cache-sized block at a time."""
+        add and round a key in one pass, a cache-sized block at a time; an update with a `min_block_rows`
+        attribute gets blocks of at least that many rows."""
         updates = []
         for patch, strength in contributions:
             split = getattr(patch, "row_update", None)
@@ -93,6 +94,11 @@ class Host:
     def rebase_bound(self, patch) -> tuple[float, int] | None:
         """change_bound for the rebase_updates order: (limit, rank of the products whose rounding may differ from
         the exact path's)."""
+        return self.change_bound(patch)
+
+    def step_bound(self, patch, weight: torch.Tensor) -> tuple[float, int] | None:
+        """change_bound for a delta step's term on `weight`: a host whose delta steps compute the product in
+        another order than its exact path (rebase_updates' order) counts both products' roundings."""
         return self.change_bound(patch)
 
     def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
