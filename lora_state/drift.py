@@ -9,7 +9,8 @@ A delta step only adds its own arithmetic to ``error`` (the additions it rounds 
 terms it applies); the exact result's own arithmetic is counted once, when ``drift`` is derived
 (drift <= error + |exact - real|), instead of once per step. The rank-r products are bounded from the LoRA
 factors (``Host.change_bound``); where a patch has no such bound, its term is charged at the weight's magnitude
-(one fp32 eps per term), as before.
+(one fp32 eps per term), as before. After a step, fp16/bf16 drift is tightened by the grid both values lie on
+(``on_the_grid``): two delta steps bound to 2 ulp plus a few fp32 roundings are 2 ulp apart at most.
 """
 from __future__ import annotations
 
@@ -69,6 +70,23 @@ def exact_error(dtype: torch.dtype, work: torch.dtype, new_terms, magnitude: flo
     return terms_error(new_terms, magnitude, work) + rounding(dtype, work, magnitude)
 
 
+def on_the_grid(drift: float, dtype: torch.dtype, work: torch.dtype, magnitude: float) -> float:
+    """A drift bound tightened by the grid both values lie on, after a step that rounded into `dtype` (fp16 or
+    bf16, round to nearest) and whose own rounding and the exact result's were each counted as half an ulp U at
+    `magnitude` (step_bounds): where both results lie in U's binade they are multiples of U, so their distance
+    is at most floor(drift / U) * U; otherwise one of the two roundings landed below that binade and erred by at
+    most U / 4, a quarter of U less than counted. The larger of the two is a bound either way (a drift of
+    2 U + tiny after two delta steps is 2 U; 2.5 U + tiny after three stays 2.25 U + tiny). Where the exact
+    result may reach the next binade up, or in the subnormal range, the bound is returned as it is."""
+    if dtype not in (torch.float16, torch.bfloat16) or not rounding(dtype, work, magnitude) or \
+            magnitude < 2.0 * torch.finfo(dtype).tiny:
+        return drift
+    unit = ulp_of(magnitude, dtype)
+    if ulp_of(magnitude + drift, dtype) != unit:
+        return drift
+    return min(drift, max(math.floor(drift / unit) * unit, drift - 0.25 * unit))
+
+
 def product_bound(up: torch.Tensor, down: torch.Tensor) -> float:
     """An upper bound of max_ij sum_k |up_ik| |down_kj| (which bounds both max |up @ down| and the rounding error
     of computing it): the smaller of sum_k max_i |up_ik| max_j |down_kj| and, by Cauchy-Schwarz,
@@ -116,4 +134,7 @@ def step_bounds(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, bas
     error = start
     if step_terms:
         error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
-    return error + exact_error(dtype, work, new_terms, magnitude), error, magnitude, unit_magnitude
+    drift = error + exact_error(dtype, work, new_terms, magnitude)
+    if step_terms:      # this step rounded at `magnitude`, as the exact result does
+        drift = on_the_grid(drift, dtype, work, magnitude)
+    return drift, error, magnitude, unit_magnitude

@@ -36,9 +36,13 @@ log = logging.getLogger("lora_state")
 DEFAULT_FILE_CACHE = LoraFileCache()
 
 #: auto's drift budget per weight dtype, in ulps at the key's largest magnitude. fp32 drift is far below anything
-#: visible, so it may take many delta steps; fp16/bf16 allow one step (<= 1.5 ulp bound, so at most 1 ulp on the
-#: dtype's grid) before re-basing from clean; other dtypes (fp8) never take the delta path in auto.
+#: visible, so it may take many delta steps; fp16/bf16 allow two steps (a bound of 2 ulp + fp32 roundings, 2 ulp
+#: on the dtype's grid: drift.on_the_grid) before re-basing from clean; other dtypes (fp8) never take the delta
+#: path in auto.
 DEFAULT_DRIFT_BUDGET_ULPS = {torch.float64: 64.0, torch.float32: 64.0, torch.float16: 2.0, torch.bfloat16: 2.0}
+
+#: Delta steps auto predicts one by one when it schedules a key's re-base turns (fp16/bf16 budgets allow two).
+PREDICTED_STEPS = 4
 
 
 @dataclass
@@ -336,18 +340,22 @@ class LoraStateManager:
             return drift / unit if unit else float("inf")
 
         def delta_steps(key: str, state, old, new, terms) -> int:
-            """How many such steps in a row (this one, then back, ...) auto's budget allows from the exact value:
-            the first step's drift (which carries the exact value's own rounding), then each further step's."""
+            """How many such steps in a row (this one, then back, ...) auto's budget allows from the exact value.
+            The first PREDICTED_STEPS are predicted one by one (near the budget, the grid bound of fp16/bf16 is
+            not linear in the number of steps: drift.on_the_grid); beyond, at the growth of the last step."""
             live = self.host.parameter(key)
-            first, error, magnitude, unit_magnitude = predict(key, live, 0.0, None,
-                                                              magnitude_before(key, state, live), old, new, terms)
-            second = predict(key, live, first, error, magnitude, new, old, [(sha, -c) for sha, c in terms])[0]
-            unit = ulp_of(unit_magnitude, live.dtype)
-            budget = self.budget_ulps(live.dtype) * unit
-            if not unit or first > budget:
-                return 0
-            growth = second - first
-            return 1 + int(min((budget - first) / growth, 1e6)) if growth > 0 else 1_000_000
+            budget_ulps = self.budget_ulps(live.dtype)
+            back = [(sha, -c) for sha, c in terms]
+            drift, error, magnitude, steps, growth = 0.0, None, magnitude_before(key, state, live), 0, 0.0
+            while steps < PREDICTED_STEPS:
+                before = drift
+                drift, error, magnitude, unit_magnitude = predict(
+                    key, live, drift, error, magnitude, *((old, new, terms) if steps % 2 == 0 else (new, old, back)))
+                unit = ulp_of(unit_magnitude, live.dtype)
+                if not unit or drift > budget_ulps * unit:
+                    return steps
+                steps, growth = steps + 1, drift - before
+            return steps + int(min((budget_ulps * unit - drift) / growth, 1e6)) if growth > 0 else 1_000_000
 
         plan = make_plan(self.ledger.keys, requested, mode, is_linear=is_linear, backup_drift=self.backups.drift,
                          can_backup=can_backup, cost=cost, drift_budget_ulps=budget, delta_drift_ulps=delta_drift_ulps,

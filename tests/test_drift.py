@@ -1,0 +1,50 @@
+"""The drift bound's grid argument (drift.on_the_grid), checked against real roundings."""
+import math
+
+import pytest
+import torch
+
+from lora_state.drift import on_the_grid, ulp_of
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("error_ulps", [0.5, 1.0, 1.5, 1.8, 2.3])
+def test_the_grid_bound_holds_for_roundings_at_the_edges(dtype, error_ulps):
+    """ours = round(real + e) with |e| <= the key's error before this rounding (earlier roundings and fp32
+    arithmetic), the exact result = round(real + x) with |x| <= its arithmetic: both final roundings counted as
+    half an ulp, as step_bounds counts them. Values sit on the binade edge and at quarter ulps, errors at their
+    extremes (error_ulps 0.5: the step after a re-base; 1.0: two steps; 1.8: one of the two values below the
+    binade, where the bound is not a whole number of ulps)."""
+    generator = torch.Generator().manual_seed(int(error_ulps * 10))
+    magnitude = 1.7
+    unit = ulp_of(magnitude, dtype)
+    arithmetic = 3e-4 * unit
+    before_rounding = error_ulps * unit + arithmetic
+    bound = before_rounding + 0.5 * unit + arithmetic + 0.5 * unit
+    top = 2.0 ** math.floor(math.log2(magnitude))
+    near_edge = top + unit * torch.randint(-16, 16, (4000,), generator=generator) / 4
+    anywhere = torch.rand(4000, generator=generator, dtype=torch.float64) * (magnitude - 2 * bound)
+    real = torch.cat([near_edge.double(), anywhere]) * torch.where(torch.rand(8000, generator=generator) < 0.5, -1, 1)
+    snapped = on_the_grid(bound, dtype, torch.float32, magnitude)
+    assert snapped < bound
+    worst = 0.0
+    for sign in (-1.0, 1.0):
+        for exact_side in (-1.0, 0.0, 1.0):
+            ours = (real + sign * before_rounding).clamp(-magnitude, magnitude).to(dtype)
+            exact = (real + exact_side * arithmetic).to(dtype)
+            distance = float((ours.double() - exact.double()).abs().max())
+            assert distance <= snapped, (distance / unit, snapped / unit, bound / unit)
+            worst = max(worst, distance)
+    if error_ulps == 1.8:      # one value below the binade: a distance over the bound's whole ulps is reached
+        assert worst > math.floor(bound / unit) * unit
+    if error_ulps == 1.0:      # two delta steps after a re-base: counted 2 ulp + a little, 2 ulp on the grid
+        assert snapped == worst == 2 * unit
+
+
+def test_no_grid_bound_where_it_does_not_hold():
+    unit = ulp_of(1.7, torch.float16)
+    assert on_the_grid(2.001 * unit, torch.float16, torch.float16, 1.7) == 2.001 * unit    # fp16 work: no rounding
+    assert on_the_grid(2.001 * unit, torch.float32, torch.float32, 1.7) == 2.001 * unit    # fp32: none either
+    assert on_the_grid(0.3, torch.float16, torch.float32, 1.9) == 0.3      # the exact result may reach 2.0's binade
+    tiny = torch.finfo(torch.float16).tiny
+    assert on_the_grid(3 * tiny, torch.float16, torch.float32, tiny) == 3 * tiny           # subnormals
