@@ -347,7 +347,7 @@ class ComfyModelHost(Host):
         if weight.dtype not in _ROUNDED_TO_NEAREST or weight.device != device or not weight.dim():
             return None
         if delta_step and self.fused_rows(weight):
-            return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _FactorRows(up, down, alpha, device))
+            return self.rebase_updates(key, weight, contributions)      # the same fused rows
         return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _ProductRows(
             up, down, alpha, device, slot, not delta_step))
 
