@@ -9,29 +9,20 @@ faster? Quieter than two server runs (one model load, the checkouts alternating,
 manager on the same UNet: the 5 LoRAs applied, then `rounds` changes of one LoRA's strength (1.0 <-> 0.5), then a
 reset; twice, the checkouts alternating. Prints each reconcile's time, the keys per path and the largest drift
 bound (ulps), then the medians. One thread, as the benchmark's servers."""
-import importlib
 import statistics
 import sys
 import time
-import types
 
 import torch
 
-from gpu_probe import load_comfy_model
-
-
-def import_checkout(name: str, repo: str):
-    package = types.ModuleType(name)
-    package.__path__ = [repo]
-    sys.modules[name] = package
-    return importlib.import_module(f"{name}.nodes.comfy_host"), importlib.import_module(f"{name}.lora_state")
+from gpu_probe import import_pack, load_comfy_model
 
 
 def main():
     assets, rounds, mode, repos = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     torch.set_num_threads(1)
     model, loras = load_comfy_model(assets)
-    checkouts = [import_checkout(f"checkout_{index}", repo) for index, repo in enumerate(repos)]
+    checkouts = [import_pack(repo, f"checkout_{index}")[:2] for index, repo in enumerate(repos)]
     changes = {repo: [] for repo in repos}
     firsts = {repo: [] for repo in repos}
 

@@ -55,14 +55,14 @@ def load_comfy_model(assets: str):
     return model, [os.path.join(assets, "models", "loras", name) for name in manifest["loras"]]
 
 
-def import_pack(repo: str):
-    """The pack's modules under a package name, without its __init__ (no nodes, no load hook)."""
-    pack = types.ModuleType("lora_state_pack")
+def import_pack(repo: str, name: str = "lora_state_pack"):
+    """The pack's modules under a package `name`, without its __init__ (no nodes, no load hook)."""
+    pack = types.ModuleType(name)
     pack.__path__ = [repo]
-    sys.modules["lora_state_pack"] = pack
-    return (importlib.import_module("lora_state_pack.nodes.comfy_host"),
-            importlib.import_module("lora_state_pack.lora_state"),
-            importlib.import_module("lora_state_pack.lora_state.backups"))
+    sys.modules[name] = pack
+    return (importlib.import_module(f"{name}.nodes.comfy_host"),
+            importlib.import_module(f"{name}.lora_state"),
+            importlib.import_module(f"{name}.lora_state.backups"))
 
 
 class Probe:
