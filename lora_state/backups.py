@@ -46,7 +46,8 @@ class BackupStore:
             return None
         if key not in self._magnitude:
             copy = self.get(key, "cpu")
-            self._magnitude[key] = float(copy.detach().abs().max()) if copy.numel() else 0.0
+            low, high = torch.aminmax(copy.detach()) if copy.numel() else (0.0, 0.0)
+            self._magnitude[key] = max(-float(low), float(high))   # no |copy| temporary
         return self._magnitude[key] + self._drift[key]
 
     def put(self, key: str, tensor: torch.Tensor, drift: float = 0.0) -> None:
