@@ -10,7 +10,8 @@ terms it applies); the exact result's own arithmetic is counted once, when ``dri
 (drift <= error + |exact - real|), instead of once per step. The rank-r products are bounded from the LoRA
 factors (``Host.change_bound``); where a patch has no such bound, its term is charged at the weight's magnitude
 (one fp32 eps per term), as before. After a step, fp16/bf16 drift is tightened by the grid both values lie on
-(``on_the_grid``): two delta steps bound to 2 ulp plus a few fp32 roundings are 2 ulp apart at most.
+(``on_the_grid``): two or three delta steps bound to 2 or 2.5 ulp plus a few fp32 roundings are 2 ulp apart at
+most.
 """
 from __future__ import annotations
 
@@ -73,18 +74,30 @@ def exact_error(dtype: torch.dtype, work: torch.dtype, new_terms, magnitude: flo
 def on_the_grid(drift: float, dtype: torch.dtype, work: torch.dtype, magnitude: float) -> float:
     """A drift bound tightened by the grid both values lie on, after a step that rounded into `dtype` (fp16 or
     bf16, round to nearest) and whose own rounding and the exact result's were each counted as half an ulp U at
-    `magnitude` (step_bounds): where both results lie in U's binade they are multiples of U, so their distance
-    is at most floor(drift / U) * U; otherwise one of the two roundings landed below that binade and erred by at
-    most U / 4, a quarter of U less than counted. The larger of the two is a bound either way (a drift of
-    2 U + tiny after two delta steps is 2 U; 2.5 U + tiny after three stays 2.25 U + tiny). Where the exact
-    result may reach the next binade up, or in the subnormal range, the bound is returned as it is."""
+    `magnitude` (step_bounds). Both values lie below the next binade up (else the bound is returned as it is).
+    - Both in U's binade (the top one): multiples of U, at most floor(drift / U) * U apart.
+    - One in the top binade, the other in the binade below: multiples of U / 2, and the lower one's rounding
+      erred by at most U / 4, a quarter of U less than counted: at most floor((drift - U / 4) / (U / 2)) * U / 2.
+    - Both below the top binade, or one two binades down or more: each rounding below the top binade errs by at
+      most half the spacing there, and the distance is a multiple of the finer spacing; every such case is within
+      the previous bound (a value two binades below the top one cannot be within `drift` < 2^(e-1) of a value in
+      the top binade [2^e, 2^(e+1))).
+    The larger of the two bounds holds either way: two delta steps after a re-base, counted 2 U + tiny, are at most
+    2 U apart; three, counted 2.5 U + tiny, also (2 U on both grids); 2.8 U + tiny gives 2.5 U. In the subnormal
+    range, or for a drift too large for the binade argument, the bound is returned as it is or with the coarser
+    argument (one rounding below the top binade: drift - U / 4)."""
     if dtype not in (torch.float16, torch.bfloat16) or not rounding(dtype, work, magnitude) or \
             magnitude < 2.0 * torch.finfo(dtype).tiny:
         return drift
     unit = ulp_of(magnitude, dtype)
     if ulp_of(magnitude + drift, dtype) != unit:
         return drift
-    return min(drift, max(math.floor(drift / unit) * unit, drift - 0.25 * unit))
+    top = math.floor(drift / unit) * unit
+    binade_start = unit * 2.0 ** _MANTISSA_BITS[dtype]
+    if drift >= binade_start / 2:
+        return min(drift, max(top, drift - 0.25 * unit))
+    # In units of U / 2, where drift / unit is exact (a power of two) and so is the subtraction of half of one.
+    return min(drift, max(top, math.floor(2.0 * drift / unit - 0.5) * 0.5 * unit))
 
 
 def product_bound(up: torch.Tensor, down: torch.Tensor) -> float:
@@ -117,7 +130,10 @@ def step_bounds(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, bas
     The magnitude after the step is bounded from the terms' change bounds: the smaller of (before + the change)
     and (the clean weight's + all new contributions + the error), so it does not grow with the number of steps.
     Where a term has no bound, `measure_after()` gives it (the applier, after writing); without one (the planner,
-    before writing) twice the magnitude before is assumed, and the unit stays that of `before`."""
+    before writing) twice the magnitude before is assumed, the unit stays that of `before`, and the grid bound is
+    not taken: the real magnitude decides which grid applies (the coarser grid of the assumed one could snap a
+    bound that the applier, at the real magnitude near a binade's top, cannot)."""
+    guessed = False
     start = base_error if base_error is not None else \
         base_drift + exact_error(dtype, work, old_terms, before)
     change = change_magnitude(step_terms)
@@ -130,11 +146,11 @@ def step_bounds(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, bas
     elif measure_after is not None:
         magnitude = unit_magnitude = max(before, measure_after())
     else:
-        magnitude, unit_magnitude = 2.0 * before, before
+        magnitude, unit_magnitude, guessed = 2.0 * before, before, True
     error = start
     if step_terms:
         error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
     drift = error + exact_error(dtype, work, new_terms, magnitude)
-    if step_terms:      # this step rounded at `magnitude`, as the exact result does
+    if step_terms and not guessed:      # this step rounded at `magnitude`, as the exact result does
         drift = on_the_grid(drift, dtype, work, magnitude)
     return drift, error, magnitude, unit_magnitude

@@ -36,12 +36,12 @@ log = logging.getLogger("lora_state")
 DEFAULT_FILE_CACHE = LoraFileCache()
 
 #: auto's drift budget per weight dtype, in ulps at the key's largest magnitude. fp32 drift is far below anything
-#: visible, so it may take many delta steps; fp16/bf16 allow two steps (a bound of 2 ulp + fp32 roundings, 2 ulp
-#: on the dtype's grid: drift.on_the_grid) before re-basing from clean; other dtypes (fp8) never take the delta
-#: path in auto.
+#: visible, so it may take many delta steps; fp16/bf16 allow three steps (a bound of 2.5 ulp + fp32 roundings,
+#: 2 ulp on the dtype's grid: drift.on_the_grid) before re-basing from clean; other dtypes (fp8) never take the
+#: delta path in auto.
 DEFAULT_DRIFT_BUDGET_ULPS = {torch.float64: 64.0, torch.float32: 64.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 
-#: Delta steps auto predicts one by one when it schedules a key's re-base turns (fp16/bf16 budgets allow two).
+#: Delta steps auto predicts one by one when it schedules a key's re-base turns (fp16/bf16 budgets allow three).
 PREDICTED_STEPS = 4
 
 

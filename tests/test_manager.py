@@ -448,9 +448,9 @@ def test_auto_rebases_keys_in_turns_not_all_at_once(tmp_path, dtype):
         report = manager.reconcile([(paths[0], 1.0), (paths[1], strength)])
         assert sum(report.paths.values()) == 40 and report.max_drift_ulps <= manager.budget_ulps(dtype)
         rebased.append(report.paths.get("exact", 0))
-    # fp16/bf16: two delta steps per re-base (drift.on_the_grid), so about a third of the keys re-base at each
-    # change (half with one step), never all or none.
-    assert all(6 <= count <= 22 for count in rebased) and sum(rebased) <= 0.4 * 40 * len(rebased), rebased
+    # fp16/bf16: three delta steps per re-base (drift.on_the_grid), so about a quarter of the keys re-base at each
+    # change (a third with two steps, half with one), never all or none.
+    assert all(6 <= count <= 16 for count in rebased) and sum(rebased) <= 0.3 * 40 * len(rebased), rebased
     expected = module.state_dict()
     exact = LoraStateManager(forty_linears(dtype), mode="exact")
     exact.reconcile([(paths[0], 1.0), (paths[1], strength)])
