@@ -15,7 +15,7 @@ auto re-bases a key (exact, from its clean copy) when a delta step would take it
 in its own turn: a key whose budget allows n delta steps in a row re-bases on every (n+1)-th change, at a phase
 fixed by its name. Keys written together (a first application, a LoRA changed on every key) would otherwise all
 exhaust their budget at the same change and all re-base then, every n+1 changes: a periodic full re-patch. In
-turns, each change re-bases about 1/(n+1) of the keys (a third in fp16/bf16, where n is 2): the same work on
+turns, each change re-bases about 1/(n+1) of the keys (a quarter in fp16/bf16, where n is 3): the same work on
 average, spread evenly. Keys allowed more than MAX_TURN_CYCLE - 1 steps (fp32 keys whose LoRAs are small next
 to the weight) keep re-basing only when they must.
 """
