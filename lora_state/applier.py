@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .backups import BackupStore
-from .drift import change_magnitude, rounding, step_bounds, terms_error, ulp_of
+from .drift import change_magnitude, max_magnitude, rounding, step_bounds, terms_error, ulp_of
 from .hosts import Host
 from .planner import KeyPlan, Plan
 from .scratch import kept_buffers, work_buffer
@@ -34,13 +34,6 @@ class ApplyStats:
     seconds: float = 0.0
     # key -> (drift bound, ulp at the key's largest magnitude, error bound or None, magnitude bound or 0.0)
     drift: dict = field(default_factory=dict)
-
-
-def max_magnitude(tensor: torch.Tensor) -> float:
-    if tensor.numel() == 0:
-        return 0.0
-    low, high = torch.aminmax(tensor.detach())
-    return max(abs(float(low)), abs(float(high)))
 
 
 def ulp_at_max(tensor: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ import tempfile
 import numpy as np
 import torch
 
+from .drift import max_magnitude
 from .errors import BackupBudgetError
 
 LOCATIONS = ("device", "cpu", "disk")
@@ -46,8 +47,7 @@ class BackupStore:
             return None
         if key not in self._magnitude:
             copy = self.get(key, "cpu")
-            low, high = torch.aminmax(copy.detach()) if copy.numel() else (0.0, 0.0)
-            self._magnitude[key] = max(-float(low), float(high))   # no |copy| temporary
+            self._magnitude[key] = max_magnitude(copy)
         return self._magnitude[key] + self._drift[key]
 
     def put(self, key: str, tensor: torch.Tensor, drift: float = 0.0) -> None:

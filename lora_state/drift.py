@@ -34,6 +34,14 @@ def ulp_of(magnitude: float, dtype: torch.dtype) -> float:
     return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
 
 
+def max_magnitude(tensor: torch.Tensor) -> float:
+    """The tensor's largest |value|, by aminmax (no |tensor| temporary)."""
+    if tensor.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(tensor.detach())
+    return max(abs(float(low)), abs(float(high)))
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2.0
 

@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .applier import apply_plan, exact_value, max_magnitude, ulp_at_max
-from .drift import step_bounds, ulp_of
+from .applier import apply_plan, exact_value, ulp_at_max
+from .drift import max_magnitude, step_bounds, ulp_of
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError, UnownedStorageError
 from .files import LoraFileCache, finite_strength
