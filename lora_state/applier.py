@@ -50,6 +50,7 @@ class Written:
     reversible: bool = False             # a delta step done by rows: undone by the opposite step, no copy
     rows: int | None = 0                 # rows written so far (None: all of them)
     before: float = 0.0                  # magnitude bound before the step
+    magnitude: float = 0.0               # the largest |value| written, where measured during the write (0: not)
 
 
 def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
@@ -86,7 +87,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 written = Written(key_plan, undo, took_backup, reversible, before=before)
                 done.append(written)   # before the write: a half-written key is undone too
                 try:
-                    rebased = write_key(host, key_plan, live, backups, patch_of)
+                    rebased = write_key(host, key_plan, live, backups, patch_of, written)
                 except BaseException as exc:
                     written.rows = getattr(exc, "lora_state_rows_written", 0)
                     raise
@@ -99,7 +100,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                     backup_drift = backups.drift(key_plan.key)
                     if backup_drift and key_plan.path == "exact":
                         backup_drift = _propagated(host, key_plan, backups, patch_of, backup_drift)
-                    stats.drift[key_plan.key] = _from_clean_drift(live, backup_drift)
+                    stats.drift[key_plan.key] = _from_clean_drift(live, backup_drift, written.magnitude)
                 stats.keys_written += 1
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
@@ -162,15 +163,21 @@ def _propagated(host: Host, key_plan: KeyPlan, backups: BackupStore, patch_of: P
     return drift + unit + (len(key_plan.new) + 2) * 2.0 ** -23 * magnitude
 
 
-def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None) -> tuple:
-    """Computed from the clean copy: exactly as far off as that copy (0 unless it was recovered by unwinding)."""
-    return (backup_drift, ulp_at_max(tensor), None, 0.0) if backup_drift else (0.0, 0.0, None, 0.0)
+def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None, magnitude: float) -> tuple:
+    """Computed from the clean copy: exactly as far off as that copy (0 unless it was recovered by unwinding).
+    `magnitude`: the largest |value| written where measured during the write (0: the planner measures it if it
+    needs it)."""
+    if backup_drift:
+        return (backup_drift, ulp_of(magnitude, tensor.dtype) if magnitude else ulp_at_max(tensor), None, 0.0)
+    return (0.0, 0.0, None, magnitude)
 
 
 def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: BackupStore,
-              patch_of: PatchOf) -> tuple | None:
+              patch_of: PatchOf, written: Written) -> tuple | None:
     """Write one key's planned step. Returns its (drift, ulp, error, magnitude) where an auto re-base took the
-    host's faster order (the caller derives the others)."""
+    host's faster order (the caller derives the others). An auto key written from clean also gets its largest
+    |value| measured block by block while in cache (`written.magnitude`): its next delta step starts from it,
+    where measuring afterwards would read the whole key again."""
     key = key_plan.key
     if key_plan.path == "restore":
         live.copy_(backups.get(key, live.device))
@@ -181,7 +188,8 @@ def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: Backup
             else None
         if rebased is not None:
             return rebased
-        write_exact(host, key, live, clean, contributions)
+        written.magnitude = _write_combined(host, key, live, clean, contributions,
+                                            measure=bool(key_plan.rebase_budget_ulps)) or 0.0
     elif key_plan.path == "delta":
         _write_combined(host, key, live, live, _delta_contributions(key_plan, patch_of), delta_step=True)
     else:
@@ -200,8 +208,7 @@ def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tens
     updates = host.rebase_updates(key, live, contributions)
     if updates is None:
         return None
-    _write_by_rows(host, key, live, clean, updates)
-    magnitude = max_magnitude(live)
+    magnitude = _write_by_rows(host, key, live, clean, updates, measure=True)
     work = host.work_dtype()
     own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
     exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
@@ -247,14 +254,14 @@ def rows_per_block(device: torch.device, rows: int, cols: int, min_rows: int = 1
 
 
 def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, contributions,
-                    delta_step: bool = False, rows: int | None = None) -> None:
+                    delta_step: bool = False, rows: int | None = None, measure: bool = False) -> float | None:
     """live := round(start in the work dtype + contributions): by row blocks where the host can split every
     contribution by rows (Host.row_updates), else on the whole weight at once. `rows`: only the first rows
-    (the rollback of a delta step that was interrupted part-way)."""
+    (the rollback of a delta step that was interrupted part-way). `measure`: return the largest |value| written
+    where the write goes by rows (see _write_by_rows), else None."""
     updates = host.row_updates(key, live, contributions, delta_step)
     if updates is not None and live.dim() and live.is_contiguous() and start.is_contiguous():
-        _write_by_rows(host, key, live, start, updates, rows)
-        return
+        return _write_by_rows(host, key, live, start, updates, rows, measure)
     combine = host.add_terms if delta_step else host.combine
     if host.identity_rounding(live.dtype) and live.is_contiguous():
         # fp32 weights: work directly in the live tensor, no temporary copy.
@@ -263,20 +270,23 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
         out = combine(key, live, contributions)
         if out is not live:
             live.copy_(out)
-        return
+        return None
     out = combine(key, _work_scratch(start, start.numel(), torch.float32).view(start.shape).copy_(start),
                   contributions)
     host.write_rounded(key, live, out)
+    return None
 
 
 def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, updates,
-                   rows: int | None = None) -> None:
+                   rows: int | None = None, measure: bool = False) -> float | None:
     """One pass per row block: convert to the work dtype, add every update, round back. A block's rows are written
     by one final copy, so an exception (an interrupt) leaves whole blocks written and the rest untouched; the
-    exception carries how many rows were written (`lora_state_rows_written`), which the rollback reverses."""
+    exception carries how many rows were written (`lora_state_rows_written`), which the rollback reverses.
+    `measure`: returns the largest |value| written, each block's taken from the rows just written (still in
+    cache: about half the time of a separate pass over the key from memory); else None."""
     total = live.shape[0]
     if total == 0 or live.numel() == 0:
-        return
+        return 0.0 if measure else None
     cols = live.numel() // total
     rows = total if rows is None else rows
     target, source = live.view(total, cols), start.view(total, cols)
@@ -286,7 +296,7 @@ def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor
     min_rows = max((getattr(update, "min_block_rows", 1) for update in updates), default=1)
     step = rows_per_block(live.device, rows, cols, min_rows)
     scratch = None if in_place else _work_scratch(live, min(step, rows) * cols, host.work_dtype())
-    first = 0
+    first, magnitude = 0, 0.0
     try:
         for first in range(0, rows, step):
             last = min(first + step, rows)
@@ -300,9 +310,12 @@ def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor
                 update(block, first, last)
             if not in_place:
                 host.write_rounded(key, target[first:last], block)
+            if measure:
+                magnitude = max(magnitude, max_magnitude(target[first:last]))
     except BaseException as exc:
         exc.lora_state_rows_written = first
         raise
+    return magnitude if measure else None
 
 
 def _work_scratch(like: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:

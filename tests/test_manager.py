@@ -462,3 +462,28 @@ def test_auto_rebases_keys_in_turns_not_all_at_once(tmp_path, dtype):
 def forty_linears(dtype):
     torch.manual_seed(0)
     return torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_auto_measures_a_key_written_from_clean_while_writing_it(tmp_path, dtype, monkeypatch):
+    """auto keeps the largest |value| of each key it wrote from clean (measured block by block during the
+    write), so the next change's delta steps start from it without reading the whole key again."""
+    from safetensors.torch import save_file
+
+    from lora_state import manager as manager_module
+    paths = []
+    for seed in range(2):
+        generator = torch.Generator().manual_seed(seed)
+        paths.append(str(tmp_path / f"lora_{seed}.safetensors"))
+        save_file({f"lora_unet_{index}.lora_{part}.weight": torch.randn(*shape, generator=generator) * 0.05
+                   for index in range(40) for part, shape in (("up", (32, 4)), ("down", (4, 32)))}, paths[-1])
+    module = forty_linears(dtype)
+    manager = LoraStateManager(module, mode="auto")
+    manager.reconcile([(paths[0], 1.0), (paths[1], 1.0)])
+    weights = dict(module.named_parameters())
+    for key, state in manager.ledger.keys.items():
+        assert state.magnitude == float(weights[key].detach().abs().max()), key
+    measured = []
+    monkeypatch.setattr(manager_module, "max_magnitude", lambda tensor: measured.append(tensor) or 1.0)
+    report = manager.reconcile([(paths[0], 1.0), (paths[1], 0.5)])
+    assert report.paths.get("delta", 0) > 0 and measured == []
