@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+import weakref
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -40,6 +41,11 @@ DEFAULT_FILE_CACHE = LoraFileCache()
 #: 2 ulp on the dtype's grid: drift.on_the_grid) before re-basing from clean; other dtypes (fp8) never take the
 #: delta path in auto.
 DEFAULT_DRIFT_BUDGET_ULPS = {torch.float64: 64.0, torch.float32: 64.0, torch.float16: 2.0, torch.bfloat16: 2.0}
+
+#: LoRAs resolved for this host that left the stack, kept for a toggle back on (their change bounds, computed
+#: from the factors, cost about a fifth of a one-LoRA change at SD1.5 size). Kept only while the file cache still
+#: holds the very file they were resolved from, so they never hold memory the cache has let go.
+RECENT_LORAS = 8
 
 #: Delta steps auto predicts one by one when it schedules a key's re-base turns (fp16/bf16 budgets allow three).
 PREDICTED_STEPS = 4
@@ -192,6 +198,9 @@ class LoraStateManager:
         self.ledger = Ledger(mode=mode)
         self.lock = threading.RLock()
         self._resolved: dict[str, ResolvedLora] = {}     # by sha256: applied + last requested LoRAs
+        # by sha256: (the file it was resolved from, weakly; the resolved LoRA), least recently left first
+        self._recent: OrderedDict[str, tuple[weakref.ref, ResolvedLora]] = OrderedDict()
+        self._file_of: dict[str, weakref.ref] = {}
         self._request_signature: tuple | None = None
         self._changes = 0          # reconciles that wrote something: the clock of auto's re-base turns
         self.listeners: list[Callable[["LoraStateManager", dict], None]] = []
@@ -275,6 +284,11 @@ class LoraStateManager:
         lora_file = self.file_cache.load(entry.path)
         resolved = self._resolved.get(lora_file.sha256)
         if resolved is None:
+            source, resolved = self._recent.pop(lora_file.sha256, (None, None))
+            if resolved is not None and source() is lora_file:
+                self._resolved[lora_file.sha256] = resolved
+                self._file_of[lora_file.sha256] = source
+                return resolved
             resolved = self.host.read(lora_file)
             if resolved.coverage.shape_mismatched:
                 first = resolved.coverage.shape_mismatched[0]
@@ -283,7 +297,18 @@ class LoraStateManager:
                     f"(first: {first}). The LoRA was probably made for another base model (e.g. SDXL vs SD1.5); "
                     f"remove it from the stack. Nothing was changed.")
             self._resolved[lora_file.sha256] = resolved
+            self._file_of[lora_file.sha256] = weakref.ref(lora_file)
         return resolved
+
+    def _keep_resolved(self, shas) -> None:
+        """Keep the resolved LoRAs of `shas`; the others leave for the recent ones (RECENT_LORAS)."""
+        for sha in [sha for sha in self._resolved if sha not in shas]:
+            self._recent[sha] = (self._file_of.pop(sha, lambda: None), self._resolved.pop(sha))
+            self._recent.move_to_end(sha)
+        for sha in [sha for sha, (source, _) in self._recent.items() if source() is None]:
+            del self._recent[sha]
+        while len(self._recent) > RECENT_LORAS:
+            self._recent.popitem(last=False)
 
     def _contributions(self, stack, resolved) -> dict[str, tuple[Contribution, ...]]:
         per_key: dict[str, list[Contribution]] = {}
@@ -444,7 +469,7 @@ class LoraStateManager:
                                                status="applied" if stack else "clean")
         self._request_signature = signature
         live_shas = {a.sha256 for a in stack} | {c.sha256 for s in keys.values() for c in s.contributors}
-        self._resolved = {sha: r for sha, r in self._resolved.items() if sha in live_shas}
+        self._keep_resolved(live_shas)
 
     def _diff_report(self, mode, requested: tuple[AppliedLora, ...], resolved) -> ReconcileReport:
         report = ReconcileReport(mode=mode)
@@ -505,7 +530,7 @@ class LoraStateManager:
             self.ledger = self.ledger.with_changes(stack=(), keys=residual, patch_keys={}, status="clean",
                                                    last_error="")
             self._request_signature = ((), frozenset())
-            self._resolved = {}
+            self._keep_resolved(())
             report.paths = plan.count()
             report.keys_changed = stats.keys_written
             report.bytes_written = stats.bytes_written

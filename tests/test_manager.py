@@ -464,6 +464,32 @@ def forty_linears(dtype):
     return torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(40)]).to(dtype)
 
 
+def test_a_lora_toggled_back_on_is_not_read_again_while_its_file_is_cached(loras, monkeypatch):
+    """Removing a LoRA and adding it back (a toggle) reuses its resolved patches and their change bounds, as long
+    as the file cache holds the same file; once the cache lets the file go, it is resolved afresh."""
+    cache = LoraFileCache()
+    manager = LoraStateManager(make_module(), mode="delta", file_cache=cache)
+    reads = []
+    read = manager.host.read
+    monkeypatch.setattr(manager.host, "read", lambda lora_file: reads.append(lora_file.name) or read(lora_file))
+    base = [(loras["lora"][0], 0.8), (loras["bare"][0], 1.0)]
+    manager.reconcile(base)
+    assert len(reads) == 2
+    for _ in range(3):
+        manager.reconcile(base[:1])
+        manager.reconcile(base)
+    assert len(reads) == 2
+    manager.reconcile(base[:1])
+    cache.clear()          # the file cache lets go of both files: the removed one is read and resolved again (the
+    manager.reconcile(base)   # applied one stays resolved as it was)
+    assert reads == ["lora.safetensors", "bare.safetensors", "bare.safetensors"]
+    exact = LoraStateManager(make_module(), mode="exact", file_cache=LoraFileCache())
+    exact.reconcile(base)
+    for key, value in exact.host.module.state_dict().items():
+        state = manager.ledger.keys.get(key)
+        assert ulp_distance(manager.host.module.state_dict()[key], value) <= (state.drift_ulps if state else 0.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_auto_measures_a_key_written_from_clean_while_writing_it(tmp_path, dtype, monkeypatch):
     """auto keeps the largest |value| of each key it wrote from clean (measured block by block during the
