@@ -7,12 +7,32 @@ fp32 matmul rate. The bound is the sum of both; a measured change is reported as
 
 Exact mode promises the bits of a from-clean recomputation, so its own bound (`recompute_seconds`) has the same
 bytes but the matmuls of every LoRA of the new stack on each changed key, not only of those that changed.
+
+Auto promises a drift within its budget of B ulps (2 for fp16/bf16), and keeps no more than native's memory: no
+extra precision per weight. A delta step rounds to the weight's dtype (up to half an ulp) and so does the exact
+result, so k steps from an exact value can leave two values k + 2 half-ulps apart, a distance on the dtype's grid
+that stays within B ulps in the worst case only while k <= 2B - 1. At least one change in every 2B of a key must
+then recompute it from its clean copy with all its LoRAs: auto's own bound (`auto_seconds`) counts that share of
+the recompute matmuls and the rest of the delta's. fp32 weights round like the fp32 work: no forced share.
 """
 from __future__ import annotations
 
 import torch
 
+from lora_state.manager import DEFAULT_DRIFT_BUDGET_ULPS
+
 from .workload import StackSet, lora_flops, numel
+
+#: Dtypes whose delta steps round to fewer mantissa bits than the fp32 work (see auto_steps_per_rebase).
+NARROW = (torch.float16, torch.bfloat16)
+
+
+def auto_steps_per_rebase(dtype: torch.dtype) -> int | None:
+    """The most delta steps in a row that auto's budget allows in the worst case (None: not limited by the
+    dtype's rounding)."""
+    if dtype not in NARROW:
+        return None
+    return max(0, int(2 * DEFAULT_DRIFT_BUDGET_ULPS[dtype]) - 1)
 
 
 def lower_bound(stacks: StackSet, shapes: dict, dtype: torch.dtype, old, new, machine: dict) -> dict:
@@ -40,6 +60,10 @@ def lower_bound(stacks: StackSet, shapes: dict, dtype: torch.dtype, old, new, ma
             flops += sum(lora_flops(stacks.loras[name], shapes, key) for name in changed)
             recompute_flops += sum(lora_flops(stacks.loras[name], shapes, key) for name in after[key])
     copy_seconds = nbytes / machine["bandwidth_bytes_per_s"]
-    return {"seconds": flops / machine["matmul_flops_per_s"] + copy_seconds, "flops": flops, "bytes": nbytes,
+    steps = auto_steps_per_rebase(dtype)
+    auto_flops = flops if steps is None else (steps * flops + recompute_flops) / (steps + 1)
+    rate = machine["matmul_flops_per_s"]
+    return {"seconds": flops / rate + copy_seconds, "flops": flops, "bytes": nbytes,
             "keys": keys, "recompute_flops": recompute_flops,
-            "recompute_seconds": recompute_flops / machine["matmul_flops_per_s"] + copy_seconds}
+            "recompute_seconds": recompute_flops / rate + copy_seconds,
+            "auto_steps_per_rebase": steps, "auto_flops": auto_flops, "auto_seconds": auto_flops / rate + copy_seconds}

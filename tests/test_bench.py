@@ -2,6 +2,7 @@
 no timing is asserted (the machines are noisy; the benchmark reports its targets, it does not assert them)."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -58,6 +59,40 @@ def test_json_structure(result):
         assert case in bounds
     bound_targets = [t for t in result["targets"] if "of the lower bound" in t["target"]]
     assert {t["target"].split()[0] for t in bound_targets} == {"exact", "delta", "auto"}
+    own_targets = [t for t in result["targets"] if "of its own bound" in t["target"]]
+    assert {t["target"].split()[0] for t in own_targets} == {"exact", "auto"}
+    for row in result["results"]:
+        bound = row["lower_bound"]
+        if row["scenario"] in ("strength", "remove", "add"):
+            assert bound["seconds"] <= bound["auto_seconds"] <= bound["recompute_seconds"]
+            assert (bound["auto_seconds"] > bound["seconds"]) == (row["dtype"] in ("fp16", "bf16"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autos_own_bound_counts_the_rebases_auto_takes(tmp_path, dtype):
+    """auto's own bound assumes a key re-bases once in every auto_steps_per_rebase + 1 changes: the manager's
+    auto takes exactly that many delta steps in a row on a key that changes at every reconcile."""
+    from safetensors.torch import save_file
+
+    from lora_state import LoraStateManager
+    from lora_state_bench.bounds import auto_steps_per_rebase
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(dtype)
+    paths = []
+    for seed in range(2):
+        generator = torch.Generator().manual_seed(seed)
+        paths.append(str(tmp_path / f"lora_{seed}.safetensors"))
+        save_file({"lora_unet_0.lora_up.weight": torch.randn(64, 4, generator=generator) * 0.05,
+                   "lora_unet_0.lora_down.weight": torch.randn(4, 64, generator=generator) * 0.05}, paths[-1])
+    manager = LoraStateManager(module, mode="auto")
+    manager.reconcile([(paths[0], 1.0), (paths[1], 1.0)])
+    path_per_change = []
+    for change in range(16):
+        report = manager.reconcile([(paths[0], 1.0), (paths[1], 0.5 + change / 64)])
+        path_per_change.append("exact" if report.paths.get("exact") else "delta")
+    rebases = [i for i, path in enumerate(path_per_change) if path == "exact"]
+    gaps = {later - earlier - 1 for earlier, later in itertools.pairwise(rebases)}
+    assert gaps == {auto_steps_per_rebase(dtype)}, path_per_change
 
 
 def test_exact_is_bit_identical_everywhere(result):
