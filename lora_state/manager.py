@@ -44,7 +44,8 @@ DEFAULT_DRIFT_BUDGET_ULPS = {torch.float64: 64.0, torch.float32: 64.0, torch.flo
 
 #: LoRAs resolved for this host that left the stack, kept for a toggle back on (their change bounds, computed
 #: from the factors, cost about a fifth of a one-LoRA change at SD1.5 size). Kept only while the file cache still
-#: holds the very file they were resolved from, so they never hold memory the cache has let go.
+#: holds the very file they were resolved from: their patches are views of that file's tensors (a format that
+#: ComfyUI converts may hold converted copies), and the cache's own limit bounds them.
 RECENT_LORAS = 8
 
 #: Delta steps auto predicts one by one when it schedules a key's re-base turns (fp16/bf16 budgets allow three).
