@@ -240,7 +240,7 @@ def exact_value(host: Host, key: str, clean: torch.Tensor, contributions) -> tor
 #: fp32 work per row block on CPU. Small enough to stay in a core's cache from the conversion through the LoRA
 #: products to the rounding, so that each key is read and written once whatever its dtype and number of
 #: contributions. 512 KiB (with the block's rows in the weight's dtype, well within a 2 MiB L2): on SD1.5 shapes,
-#: one change 3-7% faster than 256 KiB in fp32/fp16/bf16, delta and auto; 768 KiB and 1 MiB slower again.
+#: one change 2-7% faster than 256 KiB in fp32/fp16/bf16, delta and auto; 768 KiB and 1 MiB slower again.
 BLOCK_BYTES = 1 << 19
 
 
