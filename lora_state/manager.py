@@ -194,7 +194,8 @@ class LoraStateManager:
         self.host = module if isinstance(module, Host) else TorchModuleHost(module)
         self.mode = mode
         self.drift_budget_ulps = drift_budget_ulps   # None: DEFAULT_DRIFT_BUDGET_ULPS by dtype
-        self.backups = BackupStore(backup, backup_budget_bytes, spill_dir)
+        self.backups = BackupStore(backup, backup_budget_bytes, spill_dir, pin=self.host.pin_host_copy,
+                                   unpin=self.host.unpin_host_copy)
         self.file_cache = file_cache or DEFAULT_FILE_CACHE
         self.ledger = Ledger(mode=mode)
         self.lock = threading.RLock()
@@ -217,7 +218,7 @@ class LoraStateManager:
 
     def status(self) -> dict:
         return self.ledger.as_dict() | {"backup_bytes": self.backups.nbytes, "backup_location": self.backups.location,
-                                        "host": self.host.label}
+                                        "pinned_bytes": self.backups.pinned_bytes, "host": self.host.label}
 
     # -- reconcile ------------------------------------------------------------------------------------------
     def reconcile(self, stack: StackLike | None, mode: str | None = None,

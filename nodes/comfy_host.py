@@ -25,6 +25,7 @@ from ..lora_state.formats import WEIGHT_READERS, fits
 from ..lora_state.hosts import Host
 from ..lora_state.naming import Coverage, ResolvedLora, group_keys
 from ..lora_state.scratch import work_buffer
+from ..lora_state.transfers import to_device
 from .backend import in_place_problem
 
 # Moved from comfy.model_patcher to comfy.utils in ComfyUI 0.12 (the old name logs a warning on every call).
@@ -159,18 +160,19 @@ class _FactorRows:
         block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
 
 
-def _lora_rows(weight, contributions, make):
+def _lora_rows(weight, contributions, make, device):
     """[make(up, down, alpha, slot)] for every LoRA factor pair of `contributions` (slot: a distinct number per
-    pair), or None where a contribution is not a plain LoRA on the weight's rows."""
+    pair), or None where a contribution is not a plain LoRA on the weight's rows. The factors go to `device`
+    together, in one copy (transfers.to_device)."""
     rows, cols = weight.shape[0], weight[0].numel()
-    updates = []
+    pairs = []
     for patch, strength in contributions:
         factors = patch.lora_factors()
         if factors is None or any(up.shape[0] != rows or down[0].numel() != cols for up, down, _ in factors):
             return None
-        updates.extend(make(up, down, strength * scale, len(updates) + i)
-                       for i, (up, down, scale) in enumerate(factors))
-    return updates
+        pairs.extend((up, down, strength * scale) for up, down, scale in factors)
+    moved = to_device([t for up, down, _ in pairs for t in (up, down)], device)
+    return [make(moved[2 * slot], moved[2 * slot + 1], alpha, slot) for slot, (_, _, alpha) in enumerate(pairs)]
 
 
 def _exact_fp32_matmul(device: torch.device) -> bool:
@@ -349,7 +351,7 @@ class ComfyModelHost(Host):
         if delta_step and self.fused_rows(weight):
             return self.rebase_updates(key, weight, contributions)      # the same fused rows
         return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _ProductRows(
-            up, down, alpha, device, slot, not delta_step))
+            up, down, alpha, device, slot, not delta_step), device)
 
     def fused_rows(self, weight) -> bool:
         """Whether auto's re-bases and the delta steps of `weight` add each LoRA's rows in one addmm_ per block
@@ -364,7 +366,8 @@ class ComfyModelHost(Host):
         if not self.fused_rows(weight):
             return None
         device = self.compute_device or weight.device
-        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _FactorRows(up, down, alpha, device))
+        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _FactorRows(up, down, alpha, device),
+                          device)
 
     def rebase_bound(self, patch):
         # The fused products differ from calculate_weight's torch.mm products (which change_bound treats as shared
@@ -383,6 +386,18 @@ class ComfyModelHost(Host):
 
     def identity_rounding(self, dtype):
         return dtype == torch.float32 and self.compute_dtype() == torch.float32
+
+    def pin_host_copy(self, copy, device):
+        # By the load device, not where the weight is now: a model's first LoRAs are applied before ComfyUI moves
+        # its weights to the GPU, and every change after that copies from these copies to the GPU. ComfyUI's own
+        # page-locking (0.8 and later): its budget of pinned memory, none with --disable-pinned-memory. Before 0.8
+        # the copies stay pageable.
+        pin = getattr(comfy.model_management, "pin_memory", None)
+        target = self.compute_device or device
+        return target.type == "cuda" and pin is not None and bool(pin(copy))
+
+    def unpin_host_copy(self, tensor):
+        comfy.model_management.unpin_memory(tensor)
 
     def write_rounded(self, key, target, value):
         if target.dtype in _ROUNDED_TO_NEAREST:

@@ -101,6 +101,15 @@ class Host:
         another order than its exact path (rebase_updates' order) counts both products' roundings."""
         return self.change_bound(patch)
 
+    def pin_host_copy(self, copy: torch.Tensor, device: torch.device) -> bool:
+        """Page-lock `copy`, a new CPU clean copy of a weight that lives on `device` now, where copies back to the
+        device the host computes on (a GPU) gain from it and the host allows it (its budget of page-locked memory);
+        False leaves it pageable."""
+        return False
+
+    def unpin_host_copy(self, copy: torch.Tensor) -> None:
+        """Undo pin_host_copy before the copy is freed (no copy from it is in flight any more)."""
+
     def write_rounded(self, key: str, target: torch.Tensor, value: torch.Tensor) -> None:
         """target := fp32 `value` rounded to target's dtype (round to nearest even). Casting inside copy_ gives
         the same bits as value.to(dtype) without a temporary: one pass over the weight instead of two."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..naming import PEFT_PREFIXES
+from ..transfers import to_device
 from .base import Host
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_te_", "lora_transformer_", "lycoris_")
@@ -43,6 +44,21 @@ class TorchModuleHost(Host):
 
     def has_parameter(self, key):
         return key in self._index()
+
+    def read(self, lora_file):
+        # The adapters' tensors go where their parameter lives (a module on a GPU keeps its LoRAs there, as
+        # diffusers and PEFT do), all of one device in one copy.
+        resolved = super().read(lora_file)
+        by_device: dict = {}
+        for key, adapter in resolved.patches.items():
+            device = self.parameter(key).device
+            if device.type != "cpu":
+                by_device.setdefault(device, []).extend(
+                    (adapter, name) for name, value in vars(adapter).items() if isinstance(value, torch.Tensor))
+        for device, fields in by_device.items():
+            for (adapter, name), moved in zip(fields, to_device([getattr(a, n) for a, n in fields], device)):
+                setattr(adapter, name, moved)
+        return resolved
 
     def resolve_prefix(self, prefix):
         self._index()
