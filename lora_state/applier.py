@@ -105,6 +105,8 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
                     progress(stats.keys_written, total)
+            _wait_for_devices(plan, host)
+            _read_magnitudes(stats.drift)
         except BaseException as exc:
             exc.lora_state_recomputed = _rollback(host, done, backups, patch_of, stats.drift)
             raise
@@ -166,8 +168,9 @@ def _propagated(host: Host, key_plan: KeyPlan, backups: BackupStore, patch_of: P
 def _from_clean_drift(tensor: torch.Tensor, backup_drift: float | None, magnitude: float) -> tuple:
     """Computed from the clean copy: exactly as far off as that copy (0 unless it was recovered by unwinding).
     `magnitude`: the largest |value| written where measured during the write (0: the planner measures it if it
-    needs it)."""
+    needs it; a 0-dim device tensor is read at the end of the plan, see _larger_magnitude)."""
     if backup_drift:
+        magnitude = float(magnitude)
         return (backup_drift, ulp_of(magnitude, tensor.dtype) if magnitude else ulp_at_max(tensor), None, 0.0)
     return (0.0, 0.0, None, magnitude)
 
@@ -188,8 +191,8 @@ def write_key(host: Host, key_plan: KeyPlan, live: torch.Tensor, backups: Backup
             else None
         if rebased is not None:
             return rebased
-        written.magnitude = _write_combined(host, key, live, clean, contributions,
-                                            measure=bool(key_plan.rebase_budget_ulps)) or 0.0
+        magnitude = _write_combined(host, key, live, clean, contributions, measure=bool(key_plan.rebase_budget_ulps))
+        written.magnitude = 0.0 if magnitude is None else magnitude
     elif key_plan.path == "delta":
         _write_combined(host, key, live, live, _delta_contributions(key_plan, patch_of), delta_step=True)
     else:
@@ -208,7 +211,7 @@ def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tens
     updates = host.rebase_updates(key, live, contributions)
     if updates is None:
         return None
-    magnitude = _write_by_rows(host, key, live, clean, updates, measure=True)
+    magnitude = float(_write_by_rows(host, key, live, clean, updates, measure=True))
     work = host.work_dtype()
     own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
     exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
@@ -312,11 +315,42 @@ def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor
             if not in_place:
                 host.write_rounded(key, target[first:last], block)
             if measure:
-                magnitude = max(magnitude, max_magnitude(target[first:last]))
+                magnitude = _larger_magnitude(magnitude, target[first:last])
     except BaseException as exc:
         exc.lora_state_rows_written = first
         raise
     return magnitude if measure else None
+
+
+def _larger_magnitude(magnitude, block: torch.Tensor):
+    """max(magnitude, max |block|): a float on CPU; elsewhere a 0-dim tensor on the block's device, read with every
+    other key's at the end of the plan (_read_magnitudes): reading it now would make the CPU wait for the GPU at
+    every key instead of queueing the next one."""
+    if block.device.type == "cpu":
+        return max(magnitude, max_magnitude(block))
+    low, high = torch.aminmax(block)
+    largest = torch.maximum(low.abs(), high.abs()).float()
+    return largest if isinstance(magnitude, float) and magnitude == 0.0 else torch.maximum(largest, magnitude)
+
+
+def _wait_for_devices(plan: Plan, host: Host) -> None:
+    """Wait until every GPU has carried out the work queued for the plan: a reconcile's time is then its real time,
+    and an error on the device surfaces here, where the plan can still be rolled back."""
+    devices = {host.parameter(key_plan.key).device for key_plan in plan.keys}
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def _read_magnitudes(drift: dict) -> None:
+    """Replace the magnitudes left on a device (_larger_magnitude) by floats: one read per device."""
+    by_device: dict = {}
+    for key, entry in drift.items():
+        if isinstance(entry[3], torch.Tensor):
+            by_device.setdefault(entry[3].device, []).append(key)
+    for keys in by_device.values():
+        for key, value in zip(keys, torch.stack([drift[key][3] for key in keys]).tolist()):
+            drift[key] = drift[key][:3] + (value,)
 
 
 def _work_scratch(like: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
