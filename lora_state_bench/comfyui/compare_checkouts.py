@@ -30,18 +30,24 @@ def main():
         return [core.StackEntry(path=path, strength_model=strength if index == 1 else 1.0, strength_clip=1.0)
                 for index, path in enumerate(loras)]
 
+    def synchronized_reconcile(manager, entries):
+        report = manager.reconcile(entries)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()     # a checkout that queues GPU work without waiting is timed to its end too
+        return report
+
     for _ in range(2):
         for repo, (host_module, core) in zip(repos, checkouts):
             host = host_module.ComfyModelHost(model.model, False, backup_of=lambda: model.backup,
                                               compute_device=model.load_device)
             manager = core.LoraStateManager(host, mode=mode, backup="cpu")
             started = time.perf_counter()
-            manager.reconcile(stack(core, 1.0))
+            synchronized_reconcile(manager, stack(core, 1.0))
             firsts[repo].append(time.perf_counter() - started)
             paths = []
             for number in range(rounds):
                 started = time.perf_counter()
-                report = manager.reconcile(stack(core, 0.5 if number % 2 == 0 else 1.0))
+                report = synchronized_reconcile(manager, stack(core, 0.5 if number % 2 == 0 else 1.0))
                 changes[repo].append(time.perf_counter() - started)
                 paths.append(",".join(f"{count} {path}" for path, count in sorted(report.paths.items())))
             drift = max((state.drift / state.ulp if state.ulp else 0.0) for state in manager.ledger.keys.values())
