@@ -1,22 +1,19 @@
 """Where does an in-place reconcile spend its time on a GPU? A probe, in one process, without a server.
 
     cd $COMFYUI_PATH && python <repo>/lora_state_bench/comfyui/gpu_probe.py <repo> <bench assets> [rounds] \
-        [modes: exact,delta] [variants: base,pinned,factors,both]
+        [modes: exact,delta]
 
 <bench assets>: a folder prepared by assets.py (e.g. /tmp/lora_state_bench_sd15). It loads that checkpoint with
 ComfyUI's own loader onto the load device (the GPU, or --cpu where torch has no CUDA), builds the pack's
 ComfyModelHost + LoraStateManager for the UNet as nodes/runtime.py does (clean copies on the offload device),
-applies the 5 LoRAs, then changes one LoRA's strength `rounds` times per mode and variant, timing each reconcile
-(synchronized). The variants are monkeypatched here only, to measure what a change to the pack would buy:
-  base      the pack as it is
-  pinned    clean copies in pinned host memory, copied back with non_blocking=True
-  factors   the LoRA factors moved to the load device once (no host-to-device copy per key)
-  both
-Two passes with the variants alternating; then a torch.profiler table and a cProfile table of one exact change.
+applies the 5 LoRAs, then changes one LoRA's strength `rounds` times per mode, timing each reconcile
+(synchronized); two passes. Then a torch.profiler table and a cProfile table of one exact change.
 PROBE_ARGS: ComfyUI flags to set, as the bench's servers get them (sdxl: "--fp16-unet --fp16-text-enc").
 PROBE_PATHS=1 also prints each reconcile's time and keys per path (exact, delta, ...); PROBE_PROFILE=0 skips the
-profile.
-docs/bench/gpu_probe_h200_sd15.txt has a run on an H200."""
+profile. Another checkout of the pack against this one: compare_checkouts.py.
+docs/bench/gpu_probe_h200_sd15.txt has a run on an H200, at 02715a8, with the variants this probe then
+monkeypatched (clean copies page-locked, factors on the GPU): the pack has since taken up page-locked clean copies
+and packed factor copies (lora_state/transfers.py)."""
 import cProfile
 import importlib
 import io
@@ -28,9 +25,6 @@ import time
 import types
 
 import torch
-
-VARIANTS = ("base", "pinned", "factors", "both")
-
 
 def load_comfy_model(assets: str):
     """The bench checkpoint loaded by ComfyUI onto its load device (run from a ComfyUI checkout)."""
@@ -68,12 +62,9 @@ def import_pack(repo: str, name: str = "lora_state_pack"):
 class Probe:
     def __init__(self, repo: str, assets: str, rounds: int):
         self.model, self.loras = load_comfy_model(assets)
-        self.host_mod, self.core, self.backups_mod = import_pack(repo)
+        self.host_mod, self.core, _ = import_pack(repo)
         self.cuda = self.model.load_device.type == "cuda"
         self.rounds = rounds
-        store = self.backups_mod.BackupStore
-        self.original = (store.put, store.get, self.host_mod._lora_factors)
-        self.device_copies = {}
         self.paths = []          # per reconcile of the last run: keys per path ("96 delta,96 exact")
         self.show_paths = os.environ.get("PROBE_PATHS") == "1"
 
@@ -85,37 +76,6 @@ class Probe:
         return [self.core.StackEntry(path=path, strength_model=strength if i == 1 else 1.0, strength_clip=1.0)
                 for i, path in enumerate(self.loras)]
 
-    # -- the variants, monkeypatched ------------------------------------------------------------------------
-    def use(self, variant):
-        put, get, factors = self.original
-        probe, store = self, self.backups_mod.BackupStore
-
-        def pinned_put(self, key, tensor, drift=0.0):
-            put(self, key, tensor, drift)
-            stored = self._entries[key]
-            if self.location == "cpu" and probe.cuda:
-                self._entries[key] = torch.empty(stored.shape, dtype=stored.dtype, pin_memory=True).copy_(stored)
-
-        def pinned_get(self, key, device):
-            stored = self._entries[key]
-            if isinstance(stored, torch.Tensor) and stored.is_pinned():
-                return stored.to(device, non_blocking=True)
-            return get(self, key, device)
-
-        def device_factors(parts):
-            found = factors(parts)
-            if found is None or not probe.cuda:
-                return found
-            copies = probe.device_copies
-            for up, down, _ in found:
-                for tensor in (up, down):
-                    copies.setdefault(id(tensor), (tensor, tensor.to(probe.model.load_device)))
-            return [(copies[id(up)][1], copies[id(down)][1], scale) for up, down, scale in found]
-
-        pinned, on_device = variant in ("pinned", "both"), variant in ("factors", "both")
-        store.put, store.get = (pinned_put, pinned_get) if pinned else (put, get)
-        self.host_mod._lora_factors = device_factors if on_device else factors
-
     def timed(self, manager, strength):
         self.sync()
         started = time.perf_counter()
@@ -124,8 +84,7 @@ class Probe:
         self.paths.append(",".join(f"{n} {path}" for path, n in sorted(report.paths.items())))
         return time.perf_counter() - started
 
-    def run(self, mode, variant):
-        self.use(variant)
+    def run(self, mode):
         host = self.host_mod.ComfyModelHost(self.model.model, False, backup_of=lambda: self.model.backup,
                                             compute_device=self.model.load_device)
         manager = self.core.LoraStateManager(host, mode=mode, backup="cpu")
@@ -133,8 +92,9 @@ class Probe:
         first = self.timed(manager, 1.0)
         changes = [self.timed(manager, 0.5 if r % 2 == 0 else 1.0) for r in range(self.rounds)]
         ordered = sorted(changes)
-        print(f"{mode:5s} {variant:8s} first {first:.3f} s; changes median {ordered[len(ordered) // 2]:.3f} s "
-              f"(min {ordered[0]:.3f}, max {ordered[-1]:.3f})", flush=True)
+        print(f"{mode:5s} first {first:.3f} s; changes median {ordered[len(ordered) // 2]:.3f} s "
+              f"(min {ordered[0]:.3f}, max {ordered[-1]:.3f}); clean copies page-locked: "
+              f"{manager.status()['pinned_bytes'] / 2**20:.0f} of {manager.backup_bytes / 2**20:.0f} MiB", flush=True)
         if self.show_paths:
             for number, (seconds, paths) in enumerate(zip([first] + changes, self.paths)):
                 print(f"    {'first' if number == 0 else f'change {number}'}: {seconds:.3f} s, keys {paths}")
@@ -143,7 +103,7 @@ class Probe:
     def profile_exact(self):
         from torch.profiler import ProfilerActivity, profile
 
-        manager = self.run("exact", "base")
+        manager = self.run("exact")
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         with profile(activities=activities) as prof:
             self.timed(manager, 0.5)
@@ -160,20 +120,16 @@ class Probe:
     def finish(self, manager):
         manager.reset()
         self.sync()
-        self.device_copies.clear()
-        self.use("base")
 
 
 def main():
     repo, assets = sys.argv[1], sys.argv[2]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["exact", "delta"]
-    variants = sys.argv[5].split(",") if len(sys.argv) > 5 else list(VARIANTS)
     probe = Probe(repo, assets, rounds)
-    for _ in range(2):      # two passes, the variants alternating
+    for _ in range(2):      # two passes
         for mode in modes:
-            for variant in variants:
-                probe.finish(probe.run(mode, variant))
+            probe.finish(probe.run(mode))
     if os.environ.get("PROBE_PROFILE", "1") == "1":
         probe.profile_exact()
 
