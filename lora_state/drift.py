@@ -159,6 +159,8 @@ def step_bounds(dtype: torch.dtype, work: torch.dtype, *, base_drift: float, bas
     if step_terms:
         error += terms_error(step_terms, magnitude, work) + rounding(dtype, work, magnitude)
     drift = error + exact_error(dtype, work, new_terms, magnitude)
-    if step_terms and not guessed:      # this step rounded at `magnitude`, as the exact result does
+    # The grid argument counts two roundings, this step's and the exact result's: none for the clean weight itself
+    # (no new terms), whose values in the binades below the bound's then do not make up for ours.
+    if step_terms and new_terms and not guessed:      # this step rounded at `magnitude`, as the exact result does
         drift = on_the_grid(drift, dtype, work, magnitude)
     return drift, error, magnitude, unit_magnitude
