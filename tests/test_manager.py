@@ -513,3 +513,28 @@ def test_auto_measures_a_key_written_from_clean_while_writing_it(tmp_path, dtype
     monkeypatch.setattr(manager_module, "max_magnitude", lambda tensor: measured.append(tensor) or 1.0)
     report = manager.reconcile([(paths[0], 1.0), (paths[1], 0.5)])
     assert report.paths.get("delta", 0) > 0 and measured == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_delta_steps_back_to_no_lora_keep_the_drift_they_leave(tmp_path, dtype):
+    """In delta mode a key whose every LoRA is taken off by delta steps keeps its drift in the ledger (it is not
+    back at clean), and the weight stays within it. The grid bound must not count a rounding of the exact result
+    there: the exact result is the clean weight itself (found by the stateful test: bf16 conv.weight dropped from
+    the ledger while one element was a bf16 ulp off)."""
+    from lora_factory import write_lora
+    files = {}
+    for name, kind, seed in (("tucker", "locon_mid", 1011), ("a", "lora", 1000), ("b", "lora", 1001),
+                             ("other", "bare", 1030)):
+        files[name] = str(tmp_path / f"{name}.safetensors")
+        write_lora(files[name], kind, seed=seed)
+    module = make_module(dtype)
+    clean = snapshot(module)
+    manager = LoraStateManager(module, mode="delta", file_cache=LoraFileCache())
+    for stack in ([("tucker", 0.25)], [("a", 1.5), ("b", 1.5)], [("other", 1.0)]):
+        manager.reconcile([(files[name], strength) for name, strength in stack])
+    for key, value in module.state_dict().items():
+        state = manager.ledger.keys.get(key)
+        if state is not None and state.contributors:
+            continue     # fc2: the LoRA still applied there
+        difference = float((value.double() - clean[key].double()).abs().max())
+        assert difference <= (state.drift if state else 0.0), key
