@@ -265,6 +265,8 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
     where the write goes by rows (see _write_by_rows), else None."""
     updates = host.row_updates(key, live, contributions, delta_step)
     if updates is not None and live.dim() and live.is_contiguous() and start.is_contiguous():
+        if delta_step and rows is None and native_dtype_step(live, updates):
+            return None
         return _write_by_rows(host, key, live, start, updates, rows, measure)
     combine = host.add_terms if delta_step else host.combine
     if host.identity_rounding(live.dtype) and live.is_contiguous():
@@ -279,6 +281,41 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
                   contributions)
     host.write_rounded(key, live, out)
     return None
+
+
+def native_dtype_step(live: torch.Tensor, updates) -> bool:
+    """A delta step of one plain LoRA on an fp16/bf16 CPU weight whose factors have the weight's dtype: one addmm_ in
+    that dtype, over the whole key, where PyTorch's kernel (oneDNN) adds alpha * up @ down to the weight in fp32 and
+    rounds once, as the fp32 blocks of _write_by_rows do (same bound: the fp32 products of the rank, one rounding).
+    Whether it does is checked once per dtype (rounds_once); else, or for anything else, returns False and writes
+    nothing. On this machine's CPU (AVX-512 BF16/FP16): an SDXL 1280x5120 key 2.3x (fp16) / 5x (bf16) faster."""
+    if live.device.type != "cpu" or live.dtype not in (torch.float16, torch.bfloat16) or len(updates) != 1:
+        return False
+    factors = getattr(updates[0], "factors", None)
+    if factors is None:
+        return False
+    up, down, alpha = factors
+    if up.dtype != live.dtype or down.dtype != live.dtype or not rounds_once(live.dtype):
+        return False
+    live.view(live.shape[0], -1).addmm_(up, down, alpha=alpha)
+    return True
+
+
+_ROUNDS_ONCE: dict = {}
+
+
+def rounds_once(dtype: torch.dtype) -> bool:
+    """Whether addmm_ on CPU tensors of `dtype` gives the bits of the fp32 computation rounded once (fp32
+    accumulation, no intermediate rounding), on a random probe: a kernel that accumulates or rounds in `dtype`
+    differs on almost every element."""
+    if dtype not in _ROUNDS_ONCE:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(96, 320, generator=generator).to(dtype)
+        up = (torch.randn(96, 32, generator=generator) * 0.05).to(dtype)
+        down = (torch.randn(32, 320, generator=generator) * 0.05).to(dtype)
+        expected = weight.float().addmm_(up.float(), down.float(), alpha=0.37).to(dtype)
+        _ROUNDS_ONCE[dtype] = torch.equal(weight.clone().addmm_(up, down, alpha=0.37), expected)
+    return _ROUNDS_ONCE[dtype]
 
 
 def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, updates,

@@ -22,6 +22,7 @@ import comfy.utils
 
 from ..lora_state.drift import product_bound
 from ..lora_state.formats import WEIGHT_READERS, fits
+from ..lora_state.formats.lora import FactorRows
 from ..lora_state.hosts import Host
 from ..lora_state.naming import Coverage, ResolvedLora, group_keys
 from ..lora_state.scratch import work_buffer
@@ -110,6 +111,10 @@ def _change_bound(parts):
 
 _ROUNDED_TO_NEAREST = (torch.float32, torch.float16, torch.bfloat16)    # stochastic_rounding is a plain cast
 
+#: Each block of a fused re-base re-reads the whole down factor (rank x columns): blocks of at least 64 rows amortize
+#: it on wide keys (an SDXL 1280x5120 key re-based 1.3x faster than in 12-row blocks, one core).
+REBASE_MIN_BLOCK_ROWS = 64
+
 
 class _ProductRows:
     """update(block, first, last) adds rows [first, last) of alpha * (up @ down) to the block. The product is made
@@ -138,26 +143,6 @@ class _ProductRows:
         scaled = work_buffer("lora scaled rows", rows.numel(), torch.float32, self.device).view(rows.shape)
         torch.mul(rows, self.alpha, out=scaled)
         block.add_(scaled if block.dtype == torch.float32 else scaled.to(block.dtype))
-
-
-class _FactorRows:
-    """update(block, first, last): rows [first, last) of alpha * (up @ down) added in one fused addmm_ per block
-    (auto's re-bases and the delta steps of fp16/bf16 keys, see ComfyModelHost.fused_rows: one pass over the block
-    per LoRA, no full-size product; not calculate_weight's order)."""
-
-    __slots__ = ("up", "down", "alpha")
-
-    #: Each block re-reads the whole down factor (rank x columns): blocks of at least 64 rows amortize it on wide
-    #: keys (an SDXL 1280x5120 key re-based 1.3x faster than in 12-row blocks, one core).
-    min_block_rows = 64
-
-    def __init__(self, up, down, alpha, device):
-        self.up = up.flatten(1).to(device=device, dtype=torch.float32)
-        self.down = down.flatten(1).to(device=device, dtype=torch.float32)
-        self.alpha = alpha
-
-    def __call__(self, block, first, last):
-        block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
 
 
 def _lora_rows(weight, contributions, make, device):
@@ -366,8 +351,8 @@ class ComfyModelHost(Host):
         if not self.fused_rows(weight):
             return None
         device = self.compute_device or weight.device
-        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: _FactorRows(up, down, alpha, device),
-                          device)
+        return _lora_rows(weight, contributions, lambda up, down, alpha, slot: FactorRows(
+            up, down, alpha, device, min_block_rows=REBASE_MIN_BLOCK_ROWS), device)
 
     def rebase_bound(self, patch):
         # The fused products differ from calculate_weight's torch.mm products (which change_bound treats as shared

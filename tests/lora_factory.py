@@ -58,7 +58,9 @@ class Oracle:
         self.ops[key] = op
 
 
-KINDS = ("lora", "locon_mid", "peft", "bare", "loha", "lokr", "dora", "diff")
+KINDS = ("lora", "locon_mid", "peft", "bare", "loha", "lokr", "dora", "diff", "lora_fp16", "lora_bf16")
+#: kohya LoRAs whose factors are stored in half precision, as most published LoRAs are.
+FACTOR_DTYPES = {"lora": torch.float32, "lora_fp16": torch.float16, "lora_bf16": torch.bfloat16}
 
 
 def write_lora(path: str, kind: str, seed: int = 0, scale: float = 0.05) -> Oracle:
@@ -69,11 +71,11 @@ def write_lora(path: str, kind: str, seed: int = 0, scale: float = 0.05) -> Orac
     metadata: dict[str, str] = {}
     d64 = lambda x: x.double()  # noqa: E731
 
-    if kind == "lora":   # kohya, Linear + 3x3 LoCon + 1x1 conv
+    if kind in FACTOR_DTYPES:   # kohya, Linear + 3x3 LoCon + 1x1 conv
         for module, out_f, in_shape in (("fc1", 24, (16,)), ("conv", 6, (4, 3, 3)), ("conv1", 6, (6, 1, 1))):
             rank, alpha = 4, 2.0
-            up = _rand(g, out_f, rank, *([1, 1] if len(in_shape) > 1 else []), scale=scale)
-            down = _rand(g, rank, *in_shape)
+            up = _rand(g, out_f, rank, *([1, 1] if len(in_shape) > 1 else []), scale=scale).to(FACTOR_DTYPES[kind])
+            down = _rand(g, rank, *in_shape).to(FACTOR_DTYPES[kind])
             t[f"lora_unet_{module}.lora_up.weight"] = up
             t[f"lora_unet_{module}.lora_down.weight"] = down
             t[f"lora_unet_{module}.alpha"] = torch.tensor(alpha)

@@ -515,6 +515,34 @@ def test_auto_measures_a_key_written_from_clean_while_writing_it(tmp_path, dtype
     assert report.paths.get("delta", 0) > 0 and measured == []
 
 
+@pytest.mark.parametrize("dtype,kind", [(torch.float16, "lora_fp16"), (torch.bfloat16, "lora_bf16")])
+def test_a_delta_step_with_factors_of_the_weights_dtype_is_one_addmm_in_that_dtype(loras, dtype, kind, monkeypatch):
+    """fp16/bf16 weights, a LoRA stored in the same dtype: a one-LoRA delta step is a single addmm_ in the weights'
+    dtype (PyTorch adds in fp32 and rounds once, checked once per dtype), and stays within the drift it reports;
+    where that check fails the step goes by fp32 blocks."""
+    from lora_state import applier
+    taken = []
+    original = applier.native_dtype_step
+    monkeypatch.setattr(applier, "native_dtype_step", lambda live, updates: taken.append(
+        original(live, updates)) or taken[-1])
+    module = make_module(dtype)
+    manager = LoraStateManager(module, mode="delta", file_cache=LoraFileCache())
+    manager.reconcile([(loras[kind][0], 1.0), (loras["loha"][0], 0.5)])
+    manager.reconcile([(loras[kind][0], 0.3), (loras["loha"][0], 0.5)])
+    assert applier.rounds_once(dtype) and any(taken)
+    assert manager.verify().ok
+    reference = make_module(dtype)
+    LoraStateManager(reference, mode="exact", file_cache=LoraFileCache()).reconcile(
+        [(loras[kind][0], 0.3), (loras["loha"][0], 0.5)])
+    for key, state in manager.ledger.keys.items():
+        difference = float((module.state_dict()[key].double() - reference.state_dict()[key].double()).abs().max())
+        assert difference <= state.drift, key
+    taken.clear()
+    monkeypatch.setitem(applier._ROUNDS_ONCE, dtype, False)
+    manager.reconcile([(loras[kind][0], 1.0), (loras["loha"][0], 0.5)])
+    assert taken and not any(taken)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_delta_steps_back_to_no_lora_keep_the_drift_they_leave(tmp_path, dtype):
     """In delta mode a key whose every LoRA is taken off by delta steps keeps its drift in the ledger (it is not

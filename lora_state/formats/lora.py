@@ -56,15 +56,13 @@ class LoraAdapter(Adapter):
         return self._apply_dora(weight, strength)
 
     def row_update(self, strength, shape):
-        """update(block, first, last): rows [first, last) of the weight += strength * delta, as one addmm_; None
-        for Tucker, DoRA, or a weight whose rows are not the LoRA's output channels."""
+        """FactorRows: rows [first, last) of the weight += strength * delta, as one addmm_; None for Tucker, DoRA,
+        or a weight whose rows are not the LoRA's output channels."""
         if not self.linear or self.mid is not None:
             return None
-        up, down = self.up.flatten(1).float(), self.down.flatten(1).float()
-        if not shape or up.shape[0] != shape[0] or up.shape[0] * down.shape[1] != numel_of(shape):
+        if not shape or self.up.shape[0] != shape[0] or self.up.shape[0] * self.down[0].numel() != numel_of(shape):
             return None
-        alpha = strength * self.scale
-        return lambda block, first, last: block.addmm_(up[first:last], down, alpha=alpha)
+        return FactorRows(self.up, self.down, strength * self.scale)
 
     def change_bound(self):
         """(limit, rank) for plain LoRA (None for Tucker and DoRA): see drift.product_bound."""
@@ -119,3 +117,21 @@ def read(group: dict, alpha, config_rank=None):
     if "magnitude" in group:
         return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group["magnitude"], True)
     return LoraAdapter(group["up"], group["down"], group.get("mid"), alpha, group.get("dora_scale"))
+
+
+class FactorRows:
+    """update(block, first, last): rows [first, last) of alpha * (up @ down) added to an fp32 block in one fused
+    addmm_ (no full-size product). `factors`: (up, down, alpha) as 2-D factors in their own dtype, for the
+    applier's step in the weight's own dtype (applier.native_dtype_step)."""
+
+    __slots__ = ("up", "down", "alpha", "factors", "min_block_rows")
+
+    def __init__(self, up, down, alpha, device=None, min_block_rows=1):
+        self.factors = (up.flatten(1), down.flatten(1), alpha)
+        self.up = self.factors[0].to(device=device, dtype=torch.float32)
+        self.down = self.factors[1].to(device=device, dtype=torch.float32)
+        self.alpha = alpha
+        self.min_block_rows = min_block_rows
+
+    def __call__(self, block, first, last):
+        block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
