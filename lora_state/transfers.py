@@ -24,7 +24,10 @@ def to_device(tensors: list[torch.Tensor], device) -> list[torch.Tensor]:
         out = [t if i in moved else t.to(device) for i, t in enumerate(tensors)]
     if not staged:
         return out
-    packed, offsets = pack([tensors[i] for i in staged], pin_memory=True)
+    try:
+        packed, offsets = pack([tensors[i] for i in staged], pin_memory=True)
+    except RuntimeError:    # no page-locked memory to be had (the system's limit): one plain copy each
+        return [t.to(device) for t in out]
     on_device = packed.to(device, non_blocking=True)
     for i, offset in zip(staged, offsets):
         out[i] = unpack(on_device, offset, tensors[i])

@@ -112,6 +112,18 @@ def test_to_device_packs_cpu_tensors_into_one_copy_to_the_gpu():
 
 
 @cuda
+def test_to_device_without_page_locked_memory_copies_each_tensor(monkeypatch):
+    from lora_state import transfers
+
+    def refuse(tensors, pin_memory=False):
+        raise RuntimeError("CUDA error: out of memory (cudaHostAlloc)")
+    monkeypatch.setattr(transfers, "pack", refuse)
+    tensors = [torch.arange(6.0).view(2, 3), torch.ones(4, dtype=torch.float16)]
+    moved = to_device(tensors, "cuda")
+    assert all(out.device.type == "cuda" and torch.equal(out.cpu(), t) for t, out in zip(tensors, moved))
+
+
+@cuda
 @pytest.mark.parametrize("mode", ["exact", "auto"])
 def test_a_gpu_reconcile_reads_every_magnitude_at_the_end(loras, mode):
     """On a GPU the applier leaves each key's largest |value| on the device and reads them all after the last key
