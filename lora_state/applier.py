@@ -59,10 +59,12 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
     total = len(plan.work)
     done: list[Written] = []
     stats = ApplyStats()
+    devices = set()
     with torch.no_grad(), kept_buffers():
         try:
             for key_plan in plan.keys:
                 live = host.parameter(key_plan.key)
+                devices.add(live.device)
                 # A step that does not start from the clean copy starts from the key's error bound, at its
                 # magnitude (kept from the last delta step, else measured once).
                 rounds_from_live = key_plan.path in ("delta", "relabel") or key_plan.unwind
@@ -105,7 +107,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 stats.bytes_written += live.numel() * live.element_size()
                 if progress is not None:
                     progress(stats.keys_written, total)
-            _wait_for_devices(plan, host)
+            _wait_for(devices)
             _read_magnitudes(stats.drift)
         except BaseException as exc:
             exc.lora_state_recomputed = _rollback(host, done, backups, patch_of, stats.drift)
@@ -370,10 +372,9 @@ def _larger_magnitude(magnitude, block: torch.Tensor):
     return largest if isinstance(magnitude, float) and magnitude == 0.0 else torch.maximum(largest, magnitude)
 
 
-def _wait_for_devices(plan: Plan, host: Host) -> None:
+def _wait_for(devices) -> None:
     """Wait until every GPU has carried out the work queued for the plan: a reconcile's time is then its real time,
     and an error on the device surfaces here, where the plan can still be rolled back."""
-    devices = {host.parameter(key_plan.key).device for key_plan in plan.keys}
     for device in devices:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
