@@ -122,16 +122,18 @@ def read(group: dict, alpha, config_rank=None):
 class FactorRows:
     """update(block, first, last): rows [first, last) of alpha * (up @ down) added to an fp32 block in one fused
     addmm_ (no full-size product). `factors`: (up, down, alpha) as 2-D factors in their own dtype, for the
-    applier's step in the weight's own dtype (applier.native_dtype_step)."""
+    applier's step in the weight's own dtype (applier.native_dtype_step); the fp32 copies are made at the first
+    block (that step, and the applier's check whether a key splits by rows, never need them)."""
 
-    __slots__ = ("up", "down", "alpha", "factors", "min_block_rows")
+    __slots__ = ("factors", "alpha", "device", "min_block_rows", "_fp32")
 
     def __init__(self, up, down, alpha, device=None, min_block_rows=1):
         self.factors = (up.flatten(1), down.flatten(1), alpha)
-        self.up = self.factors[0].to(device=device, dtype=torch.float32)
-        self.down = self.factors[1].to(device=device, dtype=torch.float32)
-        self.alpha = alpha
-        self.min_block_rows = min_block_rows
+        self.alpha, self.device, self.min_block_rows = alpha, device, min_block_rows
+        self._fp32 = None
 
     def __call__(self, block, first, last):
-        block.addmm_(self.up[first:last], self.down, alpha=self.alpha)
+        if self._fp32 is None:
+            self._fp32 = tuple(t.to(device=self.device, dtype=torch.float32) for t in self.factors[:2])
+        up, down = self._fp32
+        block.addmm_(up[first:last], down, alpha=self.alpha)
