@@ -14,14 +14,12 @@ ALIGN = 64
 
 
 def to_device(tensors: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """`tensors` on `device` (same values and shapes; contiguous). CPU tensors bound for a CUDA device travel
-    packed in one asynchronous copy; the rest as .to(device)."""
+    """`tensors` on `device` (same values and shapes). CPU tensors bound for a CUDA device travel packed in one
+    asynchronous copy; the rest as .to(device) (the tensor itself where it is there already)."""
     device = torch.device(device)
-    out = list(tensors)
     staged = [i for i, t in enumerate(tensors) if t.device.type == "cpu"] if device.type == "cuda" else []
-    if len(staged) != len(tensors):
-        moved = set(staged)
-        out = [t if i in moved else t.to(device) for i, t in enumerate(tensors)]
+    moved = set(staged)
+    out = [t if i in moved else t.to(device) for i, t in enumerate(tensors)]
     if not staged:
         return out
     try:

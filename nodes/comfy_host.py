@@ -381,8 +381,8 @@ class ComfyModelHost(Host):
         target = self.compute_device or device
         return target.type == "cuda" and pin is not None and bool(pin(copy))
 
-    def unpin_host_copy(self, tensor):
-        comfy.model_management.unpin_memory(tensor)
+    def unpin_host_copy(self, copy):
+        comfy.model_management.unpin_memory(copy)
 
     def write_rounded(self, key, target, value):
         if target.dtype in _ROUNDED_TO_NEAREST:
