@@ -18,9 +18,11 @@ from typing import Callable
 
 import torch
 
+from . import native_steps
 from .backups import BackupStore
 from .drift import change_magnitude, max_magnitude, rounding, step_bounds, terms_error, ulp_of
 from .hosts import Host
+from .native_steps import widened
 from .planner import KeyPlan, Plan
 from .scratch import kept_buffers, work_buffer
 
@@ -138,7 +140,8 @@ def _step_drift(host: Host, key_plan: KeyPlan, tensor: torch.Tensor, patch_of: P
         before=before, clean_magnitude=backups.magnitude(key), measure_after=lambda: max_magnitude(tensor),
         old_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.old]),
         new_terms=_terms(host, key, patch_of, [(c.sha256, c.strength) for c in key_plan.new]),
-        step_terms=[(host.step_bound(patch_of(sha, key), tensor), change) for sha, change in key_plan.delta_terms]
+        step_terms=[(widened(host.step_bound(patch_of(sha, key), tensor), tensor), change)
+                    for sha, change in key_plan.delta_terms]
         if key_plan.path == "delta" else [])
     return (drift, ulp_of(magnitude, tensor.dtype), error, magnitude)
 
@@ -213,9 +216,12 @@ def _rebase(host: Host, key_plan: KeyPlan, live: torch.Tensor, clean: torch.Tens
     updates = host.rebase_updates(key, live, contributions)
     if updates is None:
         return None
-    magnitude = float(_write_by_rows(host, key, live, clean, updates, measure=True))
+    if native_step(live, clean, updates):
+        magnitude = max_magnitude(live)
+    else:
+        magnitude = float(_write_by_rows(host, key, live, clean, updates, measure=True))
     work = host.work_dtype()
-    own = [(host.rebase_bound(patch), strength) for patch, strength in contributions]
+    own = [(widened(host.rebase_bound(patch), live), strength) for patch, strength in contributions]
     exact_terms = [(host.change_bound(patch), strength) for patch, strength in contributions]
     change = change_magnitude(own)
     # The additions round at the largest partial sum, bounded by the clean weight's magnitude plus the LoRAs'; each
@@ -267,7 +273,7 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
     where the write goes by rows (see _write_by_rows), else None."""
     updates = host.row_updates(key, live, contributions, delta_step)
     if updates is not None and live.dim() and live.is_contiguous() and start.is_contiguous():
-        if delta_step and rows is None and native_dtype_step(live, updates):
+        if delta_step and rows is None and native_step(live, live, updates):
             return None
         return _write_by_rows(host, key, live, start, updates, rows, measure)
     combine = host.add_terms if delta_step else host.combine
@@ -285,39 +291,19 @@ def _write_combined(host: Host, key: str, live: torch.Tensor, start: torch.Tenso
     return None
 
 
-def native_dtype_step(live: torch.Tensor, updates) -> bool:
-    """A delta step of one plain LoRA on an fp16/bf16 CPU weight whose factors have the weight's dtype: one addmm_ in
-    that dtype, over the whole key, where PyTorch's kernel (oneDNN) adds alpha * up @ down to the weight in fp32 and
-    rounds once, as the fp32 blocks of _write_by_rows do (same bound: the fp32 products of the rank, one rounding).
-    Whether it does is checked once per dtype (rounds_once); else, or for anything else, returns False and writes
-    nothing. On this machine's CPU (AVX-512 BF16/FP16): an SDXL 1280x5120 key 2.3x (fp16) / 5x (bf16) faster."""
-    if live.device.type != "cpu" or live.dtype not in (torch.float16, torch.bfloat16) or len(updates) != 1:
+def native_step(live: torch.Tensor, start: torch.Tensor, updates) -> bool:
+    """live := start + the updates' sum in one addmm_ in the weight's own dtype (native_steps.operands: an fp16/bf16
+    CPU weight, plain LoRAs), where that is possible; else False and nothing is written. One op over the whole key:
+    an interrupt leaves it written or untouched."""
+    factors = [getattr(update, "factors", None) for update in updates]
+    found = None if None in factors else native_steps.operands(live, factors)
+    if found is None:
         return False
-    factors = getattr(updates[0], "factors", None)
-    if factors is None:
-        return False
-    up, down, alpha = factors
-    if up.dtype != live.dtype or down.dtype != live.dtype or not rounds_once(live.dtype):
-        return False
+    up, down, alpha = found
+    if start is not live:
+        live.copy_(start)
     live.view(live.shape[0], -1).addmm_(up, down, alpha=alpha)
     return True
-
-
-_ROUNDS_ONCE: dict = {}
-
-
-def rounds_once(dtype: torch.dtype) -> bool:
-    """Whether addmm_ on CPU tensors of `dtype` gives the bits of the fp32 computation rounded once (fp32
-    accumulation, no intermediate rounding), on a random probe: a kernel that accumulates or rounds in `dtype`
-    differs on almost every element."""
-    if dtype not in _ROUNDS_ONCE:
-        generator = torch.Generator().manual_seed(0)
-        weight = torch.randn(96, 320, generator=generator).to(dtype)
-        up = (torch.randn(96, 32, generator=generator) * 0.05).to(dtype)
-        down = (torch.randn(32, 320, generator=generator) * 0.05).to(dtype)
-        expected = weight.float().addmm_(up.float(), down.float(), alpha=0.37).to(dtype)
-        _ROUNDS_ONCE[dtype] = torch.equal(weight.clone().addmm_(up, down, alpha=0.37), expected)
-    return _ROUNDS_ONCE[dtype]
 
 
 def _write_by_rows(host: Host, key: str, live: torch.Tensor, start: torch.Tensor, updates,

@@ -22,6 +22,7 @@ import torch
 
 from .applier import apply_plan, exact_value, ulp_at_max
 from .drift import max_magnitude, step_bounds, ulp_of
+from .native_steps import widened
 from .backups import BackupStore
 from .errors import ExternalChangeError, LoraShapeError, LoraStateError, StackError, UnownedStorageError
 from .files import LoraFileCache, finite_strength
@@ -350,7 +351,8 @@ class LoraStateManager:
                 clean_magnitude=self.backups.magnitude(key),
                 old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
                 new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
-                step_terms=[(self.host.step_bound(self._patch_of(sha, key), live), change) for sha, change in terms])
+                step_terms=[(widened(self.host.step_bound(self._patch_of(sha, key), live), live), change)
+                            for sha, change in terms])
 
         def magnitude_before(key: str, state, live) -> float:
             before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)

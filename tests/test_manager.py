@@ -515,32 +515,93 @@ def test_auto_measures_a_key_written_from_clean_while_writing_it(tmp_path, dtype
     assert report.paths.get("delta", 0) > 0 and measured == []
 
 
+def count_native_steps(monkeypatch) -> list:
+    """Patch applier.native_step to record, per call, whether it wrote the key in one op."""
+    from lora_state import applier
+    taken = []
+    original = applier.native_step
+    monkeypatch.setattr(applier, "native_step", lambda live, start, updates: taken.append(
+        original(live, start, updates)) or taken[-1])
+    return taken
+
+
+def assert_within_reported_drift(module, manager, stack, dtype):
+    assert manager.verify().ok
+    reference = make_module(dtype)
+    LoraStateManager(reference, mode="exact", file_cache=LoraFileCache()).reconcile(stack)
+    for key, state in manager.ledger.keys.items():
+        difference = float((module.state_dict()[key].double() - reference.state_dict()[key].double()).abs().max())
+        assert difference <= state.drift, key
+
+
 @pytest.mark.parametrize("dtype,kind", [(torch.float16, "lora_fp16"), (torch.bfloat16, "lora_bf16")])
 def test_a_delta_step_with_factors_of_the_weights_dtype_is_one_addmm_in_that_dtype(loras, dtype, kind, monkeypatch):
     """fp16/bf16 weights, a LoRA stored in the same dtype: a one-LoRA delta step is a single addmm_ in the weights'
     dtype (PyTorch adds in fp32 and rounds once, checked once per dtype), and stays within the drift it reports;
     where that check fails the step goes by fp32 blocks."""
-    from lora_state import applier
-    taken = []
-    original = applier.native_dtype_step
-    monkeypatch.setattr(applier, "native_dtype_step", lambda live, updates: taken.append(
-        original(live, updates)) or taken[-1])
+    from lora_state import native_steps
+    taken = count_native_steps(monkeypatch)
     module = make_module(dtype)
     manager = LoraStateManager(module, mode="delta", file_cache=LoraFileCache())
     manager.reconcile([(loras[kind][0], 1.0), (loras["loha"][0], 0.5)])
     manager.reconcile([(loras[kind][0], 0.3), (loras["loha"][0], 0.5)])
-    assert applier.rounds_once(dtype) and any(taken)
-    assert manager.verify().ok
-    reference = make_module(dtype)
-    LoraStateManager(reference, mode="exact", file_cache=LoraFileCache()).reconcile(
-        [(loras[kind][0], 0.3), (loras["loha"][0], 0.5)])
-    for key, state in manager.ledger.keys.items():
-        difference = float((module.state_dict()[key].double() - reference.state_dict()[key].double()).abs().max())
-        assert difference <= state.drift, key
+    assert native_steps.rounds_once(dtype) and any(taken)
+    assert_within_reported_drift(module, manager, [(loras[kind][0], 0.3), (loras["loha"][0], 0.5)], dtype)
     taken.clear()
-    monkeypatch.setitem(applier._ROUNDS_ONCE, dtype, False)
+    monkeypatch.setitem(native_steps._ROUNDS_ONCE, dtype, False)
     manager.reconcile([(loras[kind][0], 1.0), (loras["loha"][0], 0.5)])
     assert taken and not any(taken)
+
+
+@pytest.mark.parametrize("mode", ["delta", "auto"])
+def test_bf16_weights_take_loras_of_any_dtype_in_one_bf16_addmm(loras, mode, monkeypatch):
+    """bf16 weights (here every key, by a lowered size threshold): fp16 and fp32 LoRAs are split into exact bf16
+    pieces, so delta steps and auto's re-bases of several LoRAs are one bf16 addmm_ each; every key stays within
+    the drift it reports and auto within its budget; a reset brings back the clean bits."""
+    from lora_state import native_steps
+    monkeypatch.setattr(native_steps, "MIN_SPLIT_ELEMENTS", 0)
+    taken = count_native_steps(monkeypatch)
+    module = make_module(torch.bfloat16)
+    clean = snapshot(module)
+    manager = LoraStateManager(module, mode=mode, file_cache=LoraFileCache())
+    a, b = loras["lora_fp16"][0], loras["lora"][0]
+    for strengths in ((1.0, 0.7), (0.5, 0.7), (0.5, -0.3), (1.2, -0.3), (0.4, 0.9), (0.4, 0.2), (0.9, 0.2)):
+        stack = [(a, strengths[0]), (b, strengths[1])]
+        taken.clear()
+        report = manager.reconcile(stack)
+        assert any(taken), report.paths
+        assert_within_reported_drift(module, manager, stack, torch.bfloat16)
+        if mode == "auto":
+            for key in manager.verify().keys:
+                assert key.max_ulps is None or key.max_ulps <= key.drift_bound_ulps <= 2.0, key
+    manager.reconcile([])
+    if mode == "auto":
+        assert same(snapshot(module), clean)
+
+
+def test_bf16_pieces_add_up_to_the_factor_and_their_product_to_the_factors_product():
+    from lora_state.native_steps import _bf16_pieces, operands
+    generator = torch.Generator().manual_seed(3)
+    exponents = torch.randint(-60, 60, (64, 48), generator=generator).double()
+    wide = (torch.randn(64, 48, generator=generator, dtype=torch.float64) * torch.exp2(exponents)).float()
+    half = (torch.randn(64, 48, generator=generator) * 0.05).half()
+    half[0, :4] = torch.tensor([65504.0, -6e-8, 1e-5, 0.0]).half()       # fp16's largest, subnormals, zero
+    for factor, count in ((half, 2), (wide, 3), (half.bfloat16(), 1)):
+        pieces = _bf16_pieces(factor)
+        assert len(pieces) == count and all(piece.dtype == torch.bfloat16 for piece in pieces)
+        assert torch.equal(sum(piece.double() for piece in pieces), factor.double())
+    live = torch.zeros(1 << 10, 1 << 9, dtype=torch.bfloat16)
+    ups = [(torch.randn(1 << 10, 8, generator=generator) * 0.05).half() for _ in range(2)]
+    downs = [(torch.randn(8, 1 << 9, generator=generator) * 0.05).to(dtype) for dtype in (torch.float16, torch.float32)]
+    up, down, alpha = operands(live, [(ups[0], downs[0], 0.375)])
+    assert up.dtype == down.dtype == torch.bfloat16 and up.shape[1] == 4 * 8 and alpha == 0.375
+    assert torch.allclose(up.double() @ down.double(), ups[0].double() @ downs[0].double(), rtol=0, atol=1e-15)
+    up, down, alpha = operands(live, [(ups[0], downs[0], 0.375), (ups[1], downs[1], -1.3)])
+    assert up.shape[1] == 6 * 8 + 9 * 8 and alpha == 1.0
+    expected = 0.375 * ups[0].double() @ downs[0].double() - 1.3 * ups[1].double() @ downs[1].double()
+    assert float((up.double() @ down.double() - expected).abs().max()) <= 2.0 ** -22 * float(expected.abs().max())
+    assert operands(live[:100], [(ups[0][:100], downs[0], 1.0)]) is None     # under the size threshold: fp32 blocks
+    assert operands(live.half(), [(ups[0], downs[1], 1.0)]) is None          # fp16 weights: no fp16 split
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

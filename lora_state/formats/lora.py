@@ -122,7 +122,7 @@ def read(group: dict, alpha, config_rank=None):
 class FactorRows:
     """update(block, first, last): rows [first, last) of alpha * (up @ down) added to an fp32 block in one fused
     addmm_ (no full-size product). `factors`: (up, down, alpha) as 2-D factors in their own dtype, for the
-    applier's step in the weight's own dtype (applier.native_dtype_step); the fp32 copies are made at the first
+    applier's step in the weight's own dtype (applier.native_step); the fp32 copies are made at the first
     block (that step, and the applier's check whether a key splits by rows, never need them)."""
 
     __slots__ = ("factors", "alpha", "device", "min_block_rows", "_fp32")
