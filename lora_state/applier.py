@@ -51,7 +51,7 @@ class Written:
     took_backup: bool
     reversible: bool = False             # a delta step done by rows: undone by the opposite step, no copy
     rows: int | None = 0                 # rows written so far (None: all of them)
-    before: float = 0.0                  # magnitude bound before the step
+    before: float = 0.0                  # magnitude bound before the step (a 0-dim GPU tensor until read)
     magnitude: float = 0.0               # the largest |value| written, where measured during the write (0: not)
 
 
@@ -62,6 +62,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
     done: list[Written] = []
     stats = ApplyStats()
     devices = set()
+    delta_steps: list[tuple[Written, torch.Tensor]] = []
     with torch.no_grad(), kept_buffers():
         try:
             for key_plan in plan.keys:
@@ -70,7 +71,11 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 # A step that does not start from the clean copy starts from the key's error bound, at its
                 # magnitude (kept from the last delta step, else measured once).
                 rounds_from_live = key_plan.path in ("delta", "relabel") or key_plan.unwind
-                before = (key_plan.base_magnitude or max_magnitude(live)) if rounds_from_live else 0.0
+                before = key_plan.base_magnitude if rounds_from_live else 0.0
+                if rounds_from_live and not before:
+                    # A delta step's bound waits for the end of the plan (bound_delta_steps): on a GPU its
+                    # magnitude is read then, with every other key's, not with a wait for the GPU at each key.
+                    before = _magnitude_of(live) if key_plan.path == "delta" else max_magnitude(live)
                 if key_plan.path == "relabel":
                     stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
                     continue
@@ -97,7 +102,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                     raise
                 written.rows = None
                 if key_plan.path == "delta":
-                    stats.drift[key_plan.key] = _step_drift(host, key_plan, live, patch_of, before, backups)
+                    delta_steps.append((written, live))
                 elif rebased is not None:
                     stats.drift[key_plan.key] = rebased
                 else:
@@ -110,6 +115,7 @@ def apply_plan(host: Host, plan: Plan, backups: BackupStore, patch_of: PatchOf,
                 if progress is not None:
                     progress(stats.keys_written, total)
             _wait_for(devices)
+            _bound_delta_steps(host, delta_steps, backups, patch_of, stats.drift)
             _read_magnitudes(stats.drift)
         except BaseException as exc:
             exc.lora_state_recomputed = _rollback(host, done, backups, patch_of, stats.drift)
@@ -366,15 +372,36 @@ def _wait_for(devices) -> None:
             torch.cuda.synchronize(device)
 
 
+def _magnitude_of(tensor: torch.Tensor):
+    """max |tensor|: a float on CPU, a 0-dim tensor elsewhere (see _larger_magnitude)."""
+    return _larger_magnitude(0.0, tensor) if tensor.numel() else 0.0
+
+
+def _floats(values: list) -> list[float]:
+    """`values` (floats, or 0-dim tensors left on a device by _larger_magnitude) as floats: one read per device."""
+    out = list(values)
+    by_device: dict = {}
+    for index, value in enumerate(values):
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(index)
+    for indices in by_device.values():
+        for index, value in zip(indices, torch.stack([values[index] for index in indices]).tolist()):
+            out[index] = value
+    return out
+
+
+def _bound_delta_steps(host: Host, steps: list, backups: BackupStore, patch_of: PatchOf, drift: dict) -> None:
+    """The drift bounds of the plan's delta steps [(Written, live)], from their magnitudes before the step."""
+    for (written, live), before in zip(steps, _floats([written.before for written, _ in steps])):
+        written.before = before
+        drift[written.key_plan.key] = _step_drift(host, written.key_plan, live, patch_of, before, backups)
+
+
 def _read_magnitudes(drift: dict) -> None:
     """Replace the magnitudes left on a device (_larger_magnitude) by floats: one read per device."""
-    by_device: dict = {}
-    for key, entry in drift.items():
-        if isinstance(entry[3], torch.Tensor):
-            by_device.setdefault(entry[3].device, []).append(key)
-    for keys in by_device.values():
-        for key, value in zip(keys, torch.stack([drift[key][3] for key in keys]).tolist()):
-            drift[key] = drift[key][:3] + (value,)
+    keys = list(drift)
+    for key, value in zip(keys, _floats([drift[key][3] for key in keys])):
+        drift[key] = drift[key][:3] + (value,)
 
 
 def _work_scratch(like: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -404,7 +431,7 @@ def _rollback(host: Host, done: list[Written], backups: BackupStore, patch_of: P
             if written.rows != 0:
                 _write_combined(host, key_plan.key, live, live, _delta_contributions(key_plan, patch_of, -1.0),
                                 delta_step=True, rows=written.rows)
-                recomputed[key_plan.key] = _reversed_drift(host, key_plan, live, patch_of, written.before,
+                recomputed[key_plan.key] = _reversed_drift(host, key_plan, live, patch_of, float(written.before),
                                                            backups, drift.get(key_plan.key))
         else:
             if key_plan.old:

@@ -147,3 +147,35 @@ def test_a_gpu_reconcile_reads_every_magnitude_at_the_end(loras, mode):
         [(loras["lora"][0], 0.5), (loras["loha"][0], 0.5)])
     if mode == "exact":
         assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), fresh.state_dict().values()))
+
+
+@cuda
+def test_a_first_delta_application_on_a_gpu_waits_for_it_once_not_per_key(tmp_path):
+    """delta mode's first application measures each key's magnitude before its step, and bounds each LoRA's
+    product: on a GPU the magnitudes are read together after the last key and the bounds computed while the
+    factors are still on the CPU, so the reads that wait for the GPU do not grow with the number of keys (one wait
+    per key made SDXL's first delta application 0.87x native's speed on an H100)."""
+    import warnings
+
+    from safetensors.torch import save_file
+    waits = []
+    for count in (8, 32):
+        generator = torch.Generator().manual_seed(count)
+        path = str(tmp_path / f"lora_{count}.safetensors")
+        save_file({f"lora_unet_{index}.lora_{part}.weight": torch.randn(*shape, generator=generator) * 0.05
+                   for index in range(count) for part, shape in (("up", (64, 4)), ("down", (4, 64)))}, path)
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(count)]).half().cuda()
+        manager = LoraStateManager(module, mode="delta", file_cache=LoraFileCache())
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                report = manager.reconcile([(path, 0.8)])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert report.paths == {"delta": count}
+        assert all(isinstance(state.magnitude, float) and state.drift > 0.0 for state in manager.ledger.keys.values())
+        waits.append(sum("synchroniz" in str(warning.message) for warning in caught))
+    assert waits[1] == waits[0], waits

@@ -53,6 +53,8 @@ class TorchModuleHost(Host):
         for key, adapter in resolved.patches.items():
             device = self.parameter(key).device
             if device.type != "cpu":
+                # Bounded (and cached) here, from the CPU tensors: on the GPU each bound would wait for it.
+                getattr(adapter, "change_bound", lambda: None)()
                 by_device.setdefault(device, []).extend(
                     (adapter, name) for name, value in vars(adapter).items() if isinstance(value, torch.Tensor))
         for device, fields in by_device.items():
