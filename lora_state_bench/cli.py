@@ -71,7 +71,11 @@ def run(profile: Profile, *, reps: int | None = None, cycles: int | None = None,
         for model, dtype, kind in runs:
             models[model] = model_info(model)
             peft_here = use_peft and kind == "r32" and (model, dtype) in profile.peft
-            results += run_switching(model, dtype, kind, peft_here, reps, machine,
+            # The rates again just before each run: the bound is then measured in the same minutes as the switches
+            # it is set against (this VM's speed moves by 10-20% within a run).
+            rates = measure_machine(profile.name != "default")
+            machine.setdefault("calibrations", []).append({"run": f"{model} {dtype} {kind}", **rates})
+            results += run_switching(model, dtype, kind, peft_here, reps, {**machine, **rates},
                                      directory, cache, log)
             cache.clear()
         models["cycle"] = model_info("cycle")
@@ -104,7 +108,8 @@ def run(profile: Profile, *, reps: int | None = None, cycles: int | None = None,
             "extra_bytes": "clean copies held (LoRA State backups; the full re-patch host's backup of every touched "
                            "key); PEFT holds no copy but keeps fp32 adapters",
             "lower_bound": "FLOPs of the deltas that must change / measured fp32 GEMM rate + 2 x bytes of every "
-                           "key that must change (read once, written once) / measured copy bandwidth",
+                           "key that must change (read once, written once) / measured copy bandwidth; both rates "
+                           "measured just before the model/dtype run (machine.calibrations)",
             "x full": "full re-patch seconds / this runner's seconds (same scenario, same run)",
         },
         "results": results, "cycles": cycle_results, "noop": noop,

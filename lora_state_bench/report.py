@@ -60,13 +60,24 @@ def format_targets(targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def calibration_range(machine: dict) -> str:
+    """The rates measured before each model/dtype run (the bounds' own), as ranges; empty for older runs."""
+    calibrations = machine.get("calibrations")
+    if not calibrations:
+        return ""
+    flops = [c["matmul_flops_per_s"] / 1e9 for c in calibrations]
+    bandwidth = [c["bandwidth_bytes_per_s"] / 1e9 for c in calibrations]
+    return (f" at the start; before each model/dtype run, whose bounds use them, {min(flops):.0f}-{max(flops):.0f} "
+            f"GFLOP/s and {min(bandwidth):.1f}-{max(bandwidth):.1f} GB/s")
+
+
 def format_markdown(data: dict) -> str:
     """The tables of docs/mechanism.md: switching (r32 stack), cycles, no-op, targets."""
     machine = data["machine"]
     lines = [(f"Measured on {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
               f"torch {machine['torch']}, fp32 GEMM {machine['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, copy "
-              f"bandwidth {machine['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; `{data['profile']}` profile, "
-              f"{data['reps']} timed runs per scenario (median), {data['created']}."), ""]
+              f"bandwidth {machine['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s{calibration_range(machine)}; "
+              f"`{data['profile']}` profile, {data['reps']} timed runs per scenario (median), {data['created']}."), ""]
     fulls = {(e["model"], e["dtype"], e["stack"], e["scenario"]): e for e in data["results"] if e["runner"] == "full"}
     lines += [("| model | dtype | stack | scenario | runner | seconds | x full re-patch | key-ulp max | elem-ulp max "
                "| bit-identical | extra MiB | lower bound s | x bound |"), "|" + "---|" * 13]
@@ -254,7 +265,7 @@ def format_bounds(results: list[dict], machine: dict | None = None) -> str:
                  f"as promised: its own bound counts all their matmuls. Auto's fp16/bf16 budget allows at most "
                  f"2 x budget - 1 delta steps in a row: its own bound counts that share of recomputes, bounds.py)")
     if machine:
-        lines.append(machine_line(machine))
+        lines.append(machine_line(machine) + calibration_range(machine))
     return "\n".join(lines)
 
 

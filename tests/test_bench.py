@@ -34,6 +34,11 @@ def test_json_structure(result):
     for field in ("cpu", "cores", "torch", "torch_threads", "matmul_flops_per_s", "bandwidth_bytes_per_s"):
         assert field in result["machine"]
     assert result["machine"]["matmul_flops_per_s"] > 0 and result["machine"]["bandwidth_bytes_per_s"] > 0
+    # The bounds' rates are measured again before each model/dtype run, and the reports give their range.
+    runs = {f"{row['model']} {row['dtype']} {row['stack']}" for row in result["results"]}
+    assert {c["run"] for c in result["machine"]["calibrations"]} == runs
+    assert all(c["matmul_flops_per_s"] > 0 and c["bandwidth_bytes_per_s"] > 0 for c in result["machine"]["calibrations"])
+    assert "before each model/dtype run" in report.format_markdown(result)
     scenarios = {row["scenario"] for row in result["results"]}
     assert scenarios == {"strength", "strength-half", "remove", "add", "no-op", "reset"}
     runners = {row["runner"] for row in result["results"]}
