@@ -35,8 +35,8 @@ def rounds_once(dtype: torch.dtype) -> bool:
     - rank 32: the bits of the fp32 computation rounded once (a kernel that accumulates or rounds in `dtype`
       differs on almost every element);
     - rank 1152 (nine pieces of a rank-128 LoRA): every element within half an ulp of the fp64 result plus the fp32
-      accumulation's bound (another order of the fp32 sums may round a few
-      elements the other way, so bits are not compared; a rounding in `dtype` part-way is off by far more)."""
+      accumulation's bound (another order of the fp32 sums may round a few elements the other way, so bits are not
+      compared; a rounding in `dtype` part-way is off by far more)."""
     if dtype not in _ROUNDS_ONCE:
         generator = torch.Generator().manual_seed(0)
         weight = torch.randn(96, 320, generator=generator).to(dtype)
