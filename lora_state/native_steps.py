@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .drift import _MANTISSA_BITS
+
 #: Below this many elements, splitting the factors costs more than the faster products save (measured: a 640x640
 #: key takes as long either way, a 320x320 one twice as long split).
 MIN_SPLIT_ELEMENTS = 1 << 19
@@ -25,7 +27,6 @@ MIN_SPLIT_ELEMENTS = 1 << 19
 MAX_PIECE_PAIRS = 9
 
 _PIECES = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
-_MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}
 
 _ROUNDS_ONCE: dict = {}
 
