@@ -525,6 +525,14 @@ def count_native_steps(monkeypatch) -> list:
     return taken
 
 
+@pytest.fixture
+def native_faster(monkeypatch):
+    """Writes in the weights' own dtype taken wherever they are possible, whether or not this CPU multiplies fp16/bf16
+    faster than fp32 (native_steps.faster_here): the tests check their arithmetic, not this machine's speed."""
+    from lora_state import native_steps
+    monkeypatch.setattr(native_steps, "faster_here", lambda dtype, pieces=1: True)
+
+
 def assert_within_reported_drift(module, manager, stack, dtype):
     assert manager.verify().ok
     reference = make_module(dtype)
@@ -535,10 +543,11 @@ def assert_within_reported_drift(module, manager, stack, dtype):
 
 
 @pytest.mark.parametrize("dtype,kind", [(torch.float16, "lora_fp16"), (torch.bfloat16, "lora_bf16")])
-def test_a_delta_step_with_factors_of_the_weights_dtype_is_one_addmm_in_that_dtype(loras, dtype, kind, monkeypatch):
+def test_a_delta_step_with_factors_of_the_weights_dtype_is_one_addmm_in_that_dtype(loras, dtype, kind, monkeypatch,
+                                                                                   native_faster):
     """fp16/bf16 weights, a LoRA stored in the same dtype: a one-LoRA delta step is a single addmm_ in the weights'
     dtype (PyTorch adds in fp32 and rounds once, checked once per dtype), and stays within the drift it reports;
-    where that check fails the step goes by fp32 blocks."""
+    where that check fails, or where that addmm_ is slower than fp32 on this CPU, the step goes by fp32 blocks."""
     from lora_state import native_steps
     taken = count_native_steps(monkeypatch)
     module = make_module(dtype)
@@ -551,10 +560,16 @@ def test_a_delta_step_with_factors_of_the_weights_dtype_is_one_addmm_in_that_dty
     monkeypatch.setitem(native_steps._ROUNDS_ONCE, dtype, False)
     manager.reconcile([(loras[kind][0], 1.0), (loras["loha"][0], 0.5)])
     assert taken and not any(taken)
+    taken.clear()
+    monkeypatch.setitem(native_steps._ROUNDS_ONCE, dtype, True)
+    monkeypatch.setattr(native_steps, "faster_here", lambda dtype, pieces=1: False)
+    manager.reconcile([(loras[kind][0], 0.3), (loras["loha"][0], 0.5)])
+    assert taken and not any(taken)
+    assert_within_reported_drift(module, manager, [(loras[kind][0], 0.3), (loras["loha"][0], 0.5)], dtype)
 
 
 @pytest.mark.parametrize("mode", ["delta", "auto"])
-def test_bf16_weights_take_loras_of_any_dtype_in_one_bf16_addmm(loras, mode, monkeypatch):
+def test_bf16_weights_take_loras_of_any_dtype_in_one_bf16_addmm(loras, mode, monkeypatch, native_faster):
     """bf16 weights (here every key, by a lowered size threshold): fp16 and fp32 LoRAs are split into exact bf16
     pieces, so delta steps and auto's re-bases of several LoRAs are one bf16 addmm_ each; every key stays within
     the drift it reports and auto within its budget; a reset brings back the clean bits."""
@@ -579,7 +594,7 @@ def test_bf16_weights_take_loras_of_any_dtype_in_one_bf16_addmm(loras, mode, mon
         assert same(snapshot(module), clean)
 
 
-def test_bf16_pieces_add_up_to_the_factor_and_their_product_to_the_factors_product():
+def test_bf16_pieces_add_up_to_the_factor_and_their_product_to_the_factors_product(native_faster):
     from lora_state.native_steps import _bf16_pieces, operands
     generator = torch.Generator().manual_seed(3)
     exponents = torch.randint(-60, 60, (64, 48), generator=generator).double()
@@ -602,6 +617,30 @@ def test_bf16_pieces_add_up_to_the_factor_and_their_product_to_the_factors_produ
     assert float((up.double() @ down.double() - expected).abs().max()) <= 2.0 ** -22 * float(expected.abs().max())
     assert operands(live[:100], [(ups[0][:100], downs[0], 1.0)]) is None     # under the size threshold: fp32 blocks
     assert operands(live.half(), [(ups[0], downs[1], 1.0)]) is None          # fp16 weights: no fp16 split
+
+
+def test_writes_in_the_weights_dtype_only_where_this_cpu_runs_them_faster(monkeypatch):
+    """faster_here times the dtype's addmm_ against the fp32 path once per (dtype, pieces) and keeps the answer; a
+    split (several products per rank) is timed only where one product per rank is already faster."""
+    from lora_state import native_steps
+    assert native_steps._timed_faster(torch.float16, 1, seconds=lambda run: 1.0 if run.__name__ == "native" else 2.0)
+    assert not native_steps._timed_faster(torch.float16, 1,
+                                          seconds=lambda run: 2.0 if run.__name__ == "native" else 1.0)
+    slow_first = iter([1.0, 1.0, 1.0, 11.0])         # fp32 x3, then a first native run over ten times as long
+    assert not native_steps._timed_faster(torch.bfloat16, 4, seconds=lambda run: next(slow_first))
+    timed = []
+    monkeypatch.setattr(native_steps, "_FASTER", {})
+    monkeypatch.setattr(native_steps, "_timed_faster", lambda dtype, pieces: timed.append((dtype, pieces)) or False)
+    assert not native_steps.faster_here(torch.bfloat16, 4) and not native_steps.faster_here(torch.bfloat16, 4)
+    assert not native_steps.faster_here(torch.bfloat16)
+    assert timed == [(torch.bfloat16, 1)]
+    weight = torch.zeros(1 << 10, 1 << 10, dtype=torch.bfloat16)
+    assert not native_steps.splits(weight)
+    assert native_steps.operands(weight, [(torch.ones(1 << 10, 4, dtype=torch.bfloat16),
+                                           torch.ones(4, 1 << 10, dtype=torch.bfloat16), 1.0)]) is None
+    monkeypatch.setattr(native_steps, "_FASTER", {})
+    monkeypatch.setattr(native_steps, "_timed_faster", lambda dtype, pieces: timed.append((dtype, pieces)) or True)
+    assert native_steps.splits(weight) and timed[1:] == [(torch.bfloat16, 1), (torch.bfloat16, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
