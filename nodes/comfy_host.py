@@ -375,8 +375,8 @@ class ComfyModelHost(Host):
     def pin_host_copy(self, copy, device):
         # By the load device, not where the weight is now: a model's first LoRAs are applied before ComfyUI moves
         # its weights to the GPU, and every change after that copies from these copies to the GPU. ComfyUI's own
-        # page-locking (0.8 and later): its budget of pinned memory, none with --disable-pinned-memory. Before 0.8
-        # the copies stay pageable.
+        # page-locking: its budget of pinned memory, none with --disable-pinned-memory. It takes plain tensors from
+        # 0.12 on (0.8 to 0.11 pin model parameters only); before that the copies stay pageable.
         pin = getattr(comfy.model_management, "pin_memory", None)
         target = self.compute_device or device
         return target.type == "cuda" and pin is not None and bool(pin(copy))
