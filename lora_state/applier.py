@@ -2,7 +2,7 @@
 
 Every write goes into the existing tensor (same storage, dtype and shape), so references held elsewhere and
 compiled graphs stay valid. Where the host can split a key's contributions by rows, a key is converted, updated and
-rounded one cache-sized row block at a time: one pass over its memory whatever its dtype.
+rounded one row block at a time (a few MiB, in cache): one pass over its memory whatever its dtype.
 
 If anything fails or is interrupted part-way (an exception from the math, a KeyboardInterrupt, the progress
 callback raising for a UI interrupt), every key already written is put back to its previous stack: recomputed from
@@ -254,17 +254,20 @@ def exact_value(host: Host, key: str, clean: torch.Tensor, contributions) -> tor
     return out
 
 
-#: fp32 work per row block on CPU. Small enough to stay in a core's cache from the conversion through the LoRA
-#: products to the rounding, so that each key is read and written once whatever its dtype and number of
-#: contributions. 512 KiB (with the block's rows in the weight's dtype, well within a 2 MiB L2): on SD1.5 shapes,
-#: one change 2-7% faster than 256 KiB in fp32/fp16/bf16, delta and auto; 768 KiB and 1 MiB slower again.
-BLOCK_BYTES = 1 << 19
+#: fp32 work per row block on CPU: a key is converted, updated by every contribution and rounded back one block at a
+#: time, so that it is read and written once whatever its dtype and number of contributions. The block's rows are
+#: the GEMM's M: with 512 KiB, a 1280x5120 key's blocks had 25 rows, where MKL's rank-32 addmm_ runs at ~45 GFLOP/s
+#: against 60-88 at 100 rows and more. 2 MiB (102 rows of the widest SD keys; within any recent CPU's L3): on SD1.5
+#: shapes on an AVX2 EPYC, one change 12-25% faster than 512 KiB in fp16/bf16 delta/auto and exact (4 MiB: the
+#: same within the noise; docs/bench/ab_block_bytes_avx2.txt).
+BLOCK_BYTES = 1 << 21
 
 
 def rows_per_block(device: torch.device, rows: int, cols: int, min_rows: int = 1) -> int:
-    """Rows per block: cache-sized on CPU (at least `min_rows`); the whole key elsewhere. A GPU streams a key from
-    memory in one kernel per op, and per-block kernel launches (a dozen per block) cost more than the arithmetic:
-    at SD1.5 size, cache-sized blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's own
+    """Rows per block: BLOCK_BYTES of fp32 work on CPU (at least `min_rows`); the whole key elsewhere. A GPU streams
+    a key from memory in one kernel per op, and per-block kernel launches (a dozen per block) cost more than the
+    arithmetic:
+    at SD1.5 size, 512 KiB blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's own
     re-patching."""
     if device.type != "cpu":
         return max(1, rows)

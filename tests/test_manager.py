@@ -265,13 +265,13 @@ def test_auto_rebase_falls_back_to_the_exact_order_over_its_budget_and_exact_mod
             assert host.exact_writes == report.paths["exact"]       # each key written once in the exact order
 
 
-def test_row_blocks_are_cache_sized_on_cpu_and_whole_keys_on_a_gpu():
+def test_row_blocks_are_block_sized_on_cpu_and_whole_keys_on_a_gpu():
     """Per-block kernel launches would dominate on a GPU: there a key is one block."""
     from lora_state.applier import BLOCK_BYTES, rows_per_block
 
     assert rows_per_block(torch.device("cpu"), 5120, 1280) == BLOCK_BYTES // (4 * 1280) < 5120
     assert rows_per_block(torch.device("cpu"), 10, 10 ** 6) == 1
-    assert rows_per_block(torch.device("cpu"), 1280, 5120, 64) == 64 > BLOCK_BYTES // (4 * 5120)
+    assert rows_per_block(torch.device("cpu"), 1280, 5120, 256) == 256 > BLOCK_BYTES // (4 * 5120)
     assert rows_per_block(torch.device("cuda", 0), 5120, 1280) == 5120
     assert rows_per_block(torch.device("mps"), 3, 7) == 3
 
