@@ -23,15 +23,16 @@ import torch
 U32 = 2.0 ** -24
 
 _MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
+_TINY = {dtype: torch.finfo(dtype).tiny for dtype in _MANTISSA_BITS}
 
 
 def ulp_of(magnitude: float, dtype: torch.dtype) -> float:
     """One ulp of `dtype` at `magnitude` (dtypes of unknown layout, e.g. fp8: their eps times magnitude)."""
-    magnitude = max(magnitude, torch.finfo(dtype).tiny)
     bits = _MANTISSA_BITS.get(dtype)
     if bits is None:
-        return torch.finfo(dtype).eps * magnitude
-    return 2.0 ** (math.floor(math.log2(magnitude)) - bits)
+        return torch.finfo(dtype).eps * max(magnitude, torch.finfo(dtype).tiny)
+    # frexp: magnitude = f * 2^e with 0.5 <= f < 1, exactly (log2 may round up just below a power of two).
+    return math.ldexp(1.0, math.frexp(max(magnitude, _TINY[dtype]))[1] - 1 - bits)
 
 
 def max_magnitude(tensor: torch.Tensor) -> float:
@@ -63,12 +64,15 @@ def terms_error(terms, magnitude: float, work: torch.dtype = torch.float32) -> f
     weight's magnitude."""
     total = 0.0
     unit = unit_roundoff(work)
+    addition = None
     for bound, strength in terms:
         if bound is None:
             total += 2.0 * unit * magnitude
         else:
+            if addition is None:
+                addition = 0.5 * ulp_of(magnitude, work)
             limit, rank = bound
-            total += 0.5 * ulp_of(magnitude, work) + (rank * U32 + 2.0 * unit) * abs(strength) * limit
+            total += addition + (rank * U32 + 2.0 * unit) * abs(strength) * limit
     return total
 
 

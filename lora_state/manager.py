@@ -344,15 +344,25 @@ class LoraStateManager:
 
         measured: dict[str, float] = {}
 
-        def predict(key: str, live, drift: float, error, before: float, old, new, terms) -> tuple:
-            bound = self.host.change_bound
+        term_lists: dict[str, tuple] = {}
+
+        def bounds_of(key: str, live, old, new, terms) -> tuple:
+            """The change bounds of the key's (old, new, step) terms, as step_bounds takes them: once per key and
+            plan (the planner asks for a key's next step and for its run of steps)."""
+            if key not in term_lists:
+                bound = self.host.change_bound
+                term_lists[key] = (
+                    [(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
+                    [(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
+                    [(widened(self.host.step_bound(self._patch_of(sha, key), live), live), change)
+                     for sha, change in terms])
+            return term_lists[key]
+
+        def predict(key: str, live, drift: float, error, before: float, old_terms, new_terms, step_terms) -> tuple:
             return step_bounds(
                 live.dtype, self.host.work_dtype(), base_drift=drift, base_error=error, before=before,
-                clean_magnitude=self.backups.magnitude(key),
-                old_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in old],
-                new_terms=[(bound(self._patch_of(c.sha256, key)), c.strength) for c in new],
-                step_terms=[(widened(self.host.step_bound(self._patch_of(sha, key), live), live), change)
-                            for sha, change in terms])
+                clean_magnitude=self.backups.magnitude(key), old_terms=old_terms, new_terms=new_terms,
+                step_terms=step_terms)
 
         def magnitude_before(key: str, state, live) -> float:
             before = (state.magnitude if state else 0.0) or measured.get(key) or max_magnitude(live)
@@ -362,9 +372,9 @@ class LoraStateManager:
         def delta_drift_ulps(key: str, state, old, new, terms) -> float:
             """The drift a delta step (or relabel) would leave, in the ulps it will be reported in."""
             live = self.host.parameter(key)
-            drift, _, _, unit_magnitude = predict(key, live, state.drift if state else 0.0,
-                                                  state.error if state else None,
-                                                  magnitude_before(key, state, live), old, new, terms)
+            drift, _, _, unit_magnitude = predict(
+                key, live, state.drift if state else 0.0, state.error if state else None,
+                magnitude_before(key, state, live), *bounds_of(key, live, old, new, terms))
             unit = ulp_of(unit_magnitude, live.dtype)   # the unit it will be reported in
             return drift / unit if unit else float("inf")
 
@@ -374,12 +384,13 @@ class LoraStateManager:
             not linear in the number of steps: drift.on_the_grid); beyond, at the growth of the last step."""
             live = self.host.parameter(key)
             budget_ulps = self.budget_ulps(live.dtype)
-            back = [(sha, -c) for sha, c in terms]
+            forth = bounds_of(key, live, old, new, terms)
+            back = (forth[1], forth[0], [(bound, -change) for bound, change in forth[2]])
             drift, error, magnitude, steps, growth = 0.0, None, magnitude_before(key, state, live), 0, 0.0
             while steps < PREDICTED_STEPS:
                 before = drift
                 drift, error, magnitude, unit_magnitude = predict(
-                    key, live, drift, error, magnitude, *((old, new, terms) if steps % 2 == 0 else (new, old, back)))
+                    key, live, drift, error, magnitude, *(forth if steps % 2 == 0 else back))
                 unit = ulp_of(unit_magnitude, live.dtype)
                 if not unit or drift > budget_ulps * unit:
                     return steps

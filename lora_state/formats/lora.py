@@ -5,6 +5,8 @@ DoRA rescales W + delta by magnitude / ||W + delta|| along one axis and is there
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..drift import product_bound
@@ -35,7 +37,7 @@ class LoraAdapter(Adapter):
 
     @property
     def flops(self):
-        return 2 * self.down.shape[0] * self.up.shape[0] * self.down[0].numel()
+        return 2 * self.down.shape[0] * self.up.shape[0] * math.prod(self.down.shape[1:])
 
     def delta(self):
         up = self.up.flatten(1).float()
