@@ -72,3 +72,18 @@ def test_a_guessed_magnitude_predicts_no_less_than_the_measured_one(dtype):
     for after in (before, 1.984375, 1.999, 2.5, 3.7):
         drift, _, magnitude, _ = step_bounds(dtype, torch.float32, measure_after=lambda: after, **common)
         assert drift / ulp_of(magnitude, dtype) <= predicted_ulps, (after, drift / unit, predicted_ulps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ulp_of_is_the_spacing_of_the_binade_even_just_below_a_power_of_two(dtype):
+    """math.log2 rounds up just below a power of two (log2(8 - 2^-50) == 3.0): the binade must come from the bits."""
+    bits = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23}[dtype]
+    for exponent in range(-10, 12):
+        power = 2.0 ** exponent
+        below = math.nextafter(power, 0.0)
+        assert ulp_of(power, dtype) == 2.0 ** (exponent - bits)
+        assert ulp_of(below, dtype) == 2.0 ** (exponent - 1 - bits)
+        # the spacing of dtype's own grid there (exactly representable values of the binade below)
+        grid = torch.tensor([power / 2], dtype=dtype)
+        assert float(torch.nextafter(grid, torch.tensor([power], dtype=dtype)) - grid) == ulp_of(below, dtype)
+    assert ulp_of(0.0, dtype) == ulp_of(torch.finfo(dtype).tiny, dtype)
