@@ -266,9 +266,8 @@ BLOCK_BYTES = 1 << 21
 def rows_per_block(device: torch.device, rows: int, cols: int, min_rows: int = 1) -> int:
     """Rows per block: BLOCK_BYTES of fp32 work on CPU (at least `min_rows`); the whole key elsewhere. A GPU streams
     a key from memory in one kernel per op, and per-block kernel launches (a dozen per block) cost more than the
-    arithmetic:
-    at SD1.5 size, 512 KiB blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's own
-    re-patching."""
+    arithmetic: at SD1.5 size, 512 KiB blocks made an exact reconcile on an H200 take 1.2 s, as long as ComfyUI's
+    own re-patching."""
     if device.type != "cpu":
         return max(1, rows)
     return max(1, min_rows, BLOCK_BYTES // (4 * cols))

@@ -64,13 +64,11 @@ def terms_error(terms, magnitude: float, work: torch.dtype = torch.float32) -> f
     weight's magnitude."""
     total = 0.0
     unit = unit_roundoff(work)
-    addition = None
+    addition = 0.5 * ulp_of(magnitude, work)
     for bound, strength in terms:
         if bound is None:
             total += 2.0 * unit * magnitude
         else:
-            if addition is None:
-                addition = 0.5 * ulp_of(magnitude, work)
             limit, rank = bound
             total += addition + (rank * U32 + 2.0 * unit) * abs(strength) * limit
     return total

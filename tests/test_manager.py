@@ -265,7 +265,7 @@ def test_auto_rebase_falls_back_to_the_exact_order_over_its_budget_and_exact_mod
             assert host.exact_writes == report.paths["exact"]       # each key written once in the exact order
 
 
-def test_row_blocks_are_block_sized_on_cpu_and_whole_keys_on_a_gpu():
+def test_row_blocks_hold_block_bytes_of_work_on_cpu_and_whole_keys_on_a_gpu():
     """Per-block kernel launches would dominate on a GPU: there a key is one block."""
     from lora_state.applier import BLOCK_BYTES, rows_per_block
 
